@@ -1,0 +1,315 @@
+"""Configs: plain dataclasses, loaded from YAML, overridden with dotted `key=value` args.
+
+    cfg = load_config("configs/tiny.yaml", ["sft0.lr=3e-4", "score.n_rollouts=4"])
+
+Unknown keys and wrong types fail at load time with the dotted key named, so a typo in a
+cluster config dies in the first second instead of after an hour of scoring.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None       # None: $RAY_ADDRESS if set, else start a local Ray
+    num_cpus: int | None = None      # local Ray only; None = all the machine's cores
+    num_gpus: int | None = None
+
+
+@dataclass
+class WorldConfig:
+    seed: int = 0
+    n_cities: int = 4
+    pois_per_city: int = 320
+    today: str = "2026-06-01"
+    backend: str = "world"           # world | replay | http
+    replay_path: str | None = None
+    http_url: str | None = None
+    cache_size: int = 4096
+    tool_timeout_s: float = 10.0
+
+
+@dataclass
+class ModelConfig:
+    """The policy's starting point: a hub id / local path, or "tiny" to build one locally."""
+    name_or_path: str = "tiny"
+    vocab_size: int = 4096           # tokenizer trained on the world's vocabulary
+    hidden_size: int = 256
+    intermediate_size: int = 768
+    num_layers: int = 6
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    max_seq_len: int = 2048
+    dtype: str = "float32"           # float32 | bfloat16
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 256        # per assistant turn
+    seed: int | None = None
+
+
+@dataclass
+class EngineConfig:
+    kind: str = "hf"                 # hf | vllm | openai | oracle
+    model: str | None = None         # checkpoint path; None = the stage's own checkpoint
+    device: str = "auto"             # auto | cpu | cuda
+    max_batch_size: int = 16
+    base_url: str | None = None      # openai engine
+    api_key_env: str = "OPENAI_API_KEY"
+    noise: float = 0.3               # oracle engine: rate of realistic mistakes
+
+
+@dataclass
+class AgentConfig:
+    max_turns: int = 6
+    max_tokens: int = 1536           # whole trajectory, prompt included
+    max_calls_per_turn: int = 1
+    system_prompt: str | None = None
+
+
+@dataclass
+class ServeConfig:
+    replicas: int = 1
+    cpus_per_replica: float = 0.5
+    gpus_per_replica: float = 0.0
+    max_batch_size: int = 16
+    batch_wait_timeout_s: float = 0.01
+    host: str = "127.0.0.1"          # loopback unless told otherwise
+    port: int = 8000
+    api_key_env: str | None = None   # ingress requires this key when the env var is set
+
+
+@dataclass
+class PoolConfig:
+    queries_per_family: int = 40
+    target_size: int = 300
+    eval_per_family: int = 10
+    lsh_threshold: float = 0.8
+    semantic_threshold: float = 0.9
+    embedder: str = "hashed"         # hashed | a sentence-transformers model path
+
+
+@dataclass
+class TinyQAConfig:
+    fraction: float = 0.1
+    long_tail: int = 10
+    k: int = 8
+
+
+@dataclass
+class ScoreConfig:
+    n_rollouts: int = 8
+    temperature: float = 1.0
+    num_actors: int = 2
+    cpus_per_actor: float = 0.5
+    batch_size: int = 4
+    engine: str = "actor"            # actor: engine inside each Data actor | serve: Policy deployment
+
+
+@dataclass
+class SplitConfig:
+    certain_threshold: float = 0.75  # mean reward at or above: certain
+    keep_trivial_fraction: float = 0.2
+    k_max: int = 8                   # extra teacher attempts on all-fail queries
+
+
+@dataclass
+class SFTConfig:
+    lr: float = 1e-3
+    epochs: int = 3
+    batch_size: int = 8
+    grad_accum: int = 1
+    seq_len: int = 1024
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    num_workers: int = 2
+    lora: bool = False
+    lora_rank: int = 16
+    checkpoint_every: int = 50
+    log_every: int = 10
+
+
+@dataclass
+class RLConfig:
+    algorithm: str = "grpo"          # grpo | ppo | gspo
+    steps: int = 20
+    prompts_per_step: int = 4
+    group_size: int = 8
+    lr: float = 1e-5
+    kl_coef: float = 0.0
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    num_workers: int = 2
+
+
+@dataclass
+class EvalConfig:
+    pass_k: int = 4
+    temperature: float = 1.0
+
+
+@dataclass
+class Config:
+    run_dir: str = "runs/tiny"
+    seed: int = 0
+    ray: RayConfig = field(default_factory=RayConfig)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    teacher: EngineConfig = field(default_factory=lambda: EngineConfig(kind="oracle"))
+    policy: EngineConfig = field(default_factory=EngineConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    tiny_qa: TinyQAConfig = field(default_factory=TinyQAConfig)
+    sft0: SFTConfig = field(default_factory=SFTConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    sft1: SFTConfig = field(default_factory=SFTConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# Values that must lie in a range; checked after every load.
+_CHOICES = {
+    "world.backend": {"world", "replay", "http"},
+    "model.dtype": {"float32", "bfloat16", "float16"},
+    "teacher.kind": {"hf", "vllm", "openai", "oracle"},
+    "policy.kind": {"hf", "vllm", "openai", "oracle"},
+    "score.engine": {"actor", "serve"},
+    "rl.algorithm": {"grpo", "ppo", "gspo"},
+}
+
+
+def _coerce(value, annotation, key: str):
+    """Check `value` against a field annotation; build nested dataclasses from dicts."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return _build(annotation, value, key + ".")
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "3e-4" (no dot) as a string
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected float, got {value!r}") from None
+    if annotation in (int, float, str, bool):
+        if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
+            raise ConfigError(f"{key}: expected {annotation.__name__}, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' "
+                          f"(known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _set_dotted(data: dict, dotted: str, value) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """`["a.b=3", "c=x"]` -> nested dict, values typed by YAML (3 -> int, true -> bool)."""
+    data: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw != "" else "")
+    return data
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def validate(cfg: Config) -> Config:
+    for dotted, allowed in _CHOICES.items():
+        section, name = dotted.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{dotted}: {value!r} is not one of {sorted(allowed)}")
+    positive = ["score.n_rollouts", "score.num_actors", "rl.group_size", "rl.steps",
+                "sft0.batch_size", "sft1.batch_size", "sft0.seq_len", "sft1.seq_len",
+                "agent.max_turns", "agent.max_tokens", "serve.replicas", "model.num_layers"]
+    for dotted in positive:
+        section, name = dotted.split(".")
+        if getattr(getattr(cfg, section), name) <= 0:
+            raise ConfigError(f"{dotted}: must be > 0")
+    for dotted in ["tiny_qa.fraction", "split.certain_threshold", "split.keep_trivial_fraction",
+                   "teacher.noise", "policy.noise"]:
+        section, name = dotted.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{dotted}: {value} is outside [0, 1]")
+    return cfg
+
+
+def config_from_dict(data: dict) -> Config:
+    return validate(_build(Config, data or {}))
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
+    data: dict = {}
+    if path:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+    data = _merge(data, parse_overrides(overrides or []))
+    return config_from_dict(data)
+
+
+def config_to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_to_yaml(cfg) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

@@ -1,0 +1,229 @@
+"""The chat format: Qwen/Hermes-style turns with <tool_call> blocks.
+
+A conversation is a list of messages `{"role": "system"|"user"|"assistant"|"tool",
+"content": str}`. An assistant turn that calls a tool carries the call inside its content:
+
+    <tool_call>
+    {"name": "map_search_places", "arguments": {"query": "cafe"}}
+    </tool_call>
+
+Rendering (`render_ids`) gives token ids plus a loss mask that is 1 exactly on the tokens
+the assistant wrote (its content and the closing `<|im_end|>`), so SFT and RL train only on
+what the model produced. Parsing (`parse_assistant_turn`) turns generated text into tool
+calls, a final answer, or a structured error that the agent loop shows the model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
+TOOL_RESPONSE_OPEN, TOOL_RESPONSE_CLOSE = "<tool_response>", "</tool_response>"
+UNSOLVED_MARKER = "[Unsolved]"
+SPECIAL_TOKENS = [IM_START, IM_END, TOOL_CALL_OPEN, TOOL_CALL_CLOSE, TOOL_RESPONSE_OPEN,
+                  TOOL_RESPONSE_CLOSE, "<|endoftext|>"]
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a spatio-temporal assistant for places, routes, trips and weather. "
+    "Call tools when you need facts; state only facts that a tool returned. "
+    f"If the tools cannot serve a request, answer with {UNSOLVED_MARKER} and say why.")
+
+
+def format_tool_call(name: str, arguments: dict) -> str:
+    """The exact text an assistant writes to call one tool."""
+    payload = json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
+    return f"{TOOL_CALL_OPEN}\n{payload}\n{TOOL_CALL_CLOSE}"
+
+
+def format_tool_response(result) -> str:
+    """Tool results travel as compact JSON text."""
+    if isinstance(result, str):
+        return result
+    return json.dumps(result, ensure_ascii=False, separators=(",", ":"))
+
+
+def tools_system_block(tool_schemas: list[dict]) -> str:
+    """The tool list appended to the system prompt (same text as the Jinja template)."""
+    lines = ["# Tools", "", "You may call one or more functions to assist with the user query.",
+             "", "You are provided with function signatures within <tools></tools> XML tags:",
+             "<tools>"]
+    lines += [json.dumps(schema, ensure_ascii=False) for schema in tool_schemas]
+    lines += ["</tools>", "",
+              "For each function call, return a json object with function name and arguments "
+              "within <tool_call></tool_call> XML tags:",
+              "<tool_call>", '{"name": <function-name>, "arguments": <args-json-object>}',
+              "</tool_call>"]
+    return "\n".join(lines)
+
+
+def render_text_segments(messages: list[dict], tool_schemas: list[dict] | None = None,
+                         add_generation_prompt: bool = False) -> list[tuple[str, bool]]:
+    """Split the rendered conversation into (text, trainable) segments.
+
+    Consecutive tool messages share one user turn, as in Qwen3's template.
+    """
+    segments: list[tuple[str, bool]] = []
+    msgs = list(messages)
+    if tool_schemas:
+        if msgs and msgs[0]["role"] == "system":
+            system = msgs.pop(0)["content"]
+        else:
+            system = ""
+        system = f"{system}\n\n" if system else ""
+        segments.append((f"{IM_START}system\n{system}{tools_system_block(tool_schemas)}{IM_END}\n",
+                         False))
+    for i, msg in enumerate(msgs):
+        role, content = msg["role"], msg["content"]
+        if role == "assistant":
+            segments.append((f"{IM_START}assistant\n", False))
+            segments.append((f"{content}{IM_END}", True))
+            segments.append(("\n", False))
+        elif role == "tool":
+            first = i == 0 or msgs[i - 1]["role"] != "tool"
+            last = i == len(msgs) - 1 or msgs[i + 1]["role"] != "tool"
+            text = (f"{IM_START}user" if first else "") + \
+                f"\n{TOOL_RESPONSE_OPEN}\n{content}\n{TOOL_RESPONSE_CLOSE}" + \
+                (f"{IM_END}\n" if last else "")
+            segments.append((text, False))
+        elif role in ("system", "user"):
+            segments.append((f"{IM_START}{role}\n{content}{IM_END}\n", False))
+        else:
+            raise ValueError(f"unknown message role {role!r}")
+    if add_generation_prompt:
+        segments.append((f"{IM_START}assistant\n", False))
+    return segments
+
+
+def render_ids(tokenizer, messages: list[dict], tool_schemas: list[dict] | None = None,
+               add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+    """Token ids and loss mask (1 on assistant-written tokens) of a conversation.
+
+    Each segment is tokenised on its own; segment borders fall on special tokens or
+    newlines, so the ids equal tokenising the whole text (checked in the tests against
+    `apply_chat_template`).
+    """
+    ids: list[int] = []
+    mask: list[int] = []
+    for text, trainable in render_text_segments(messages, tool_schemas, add_generation_prompt):
+        seg = tokenizer.encode(text, add_special_tokens=False)
+        ids += seg
+        mask += [int(trainable)] * len(seg)
+    return ids, mask
+
+
+def tool_response_ids(tokenizer, results: list[str]) -> list[int]:
+    """Ids appended after an assistant turn that called tools: closes the assistant turn's
+    trailing newline, the tool turn, and opens the next assistant turn."""
+    msgs = [{"role": "tool", "content": r} for r in results]
+    text = "\n" + "".join(t for t, _ in render_text_segments(msgs)) + f"{IM_START}assistant\n"
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+# ---------------------------------------------------------------- parsing
+
+@dataclass
+class ToolCall:
+    name: str
+    arguments: dict
+
+
+@dataclass
+class ParsedTurn:
+    """What an assistant turn amounts to: calls, or a final answer, or an error."""
+    calls: list[ToolCall] = field(default_factory=list)
+    answer: str | None = None
+    error: dict | None = None  # {"error": {"type": ..., "message": ...}}
+
+    @property
+    def is_final(self) -> bool:
+        return self.error is None and not self.calls
+
+
+def _error(kind: str, message: str) -> ParsedTurn:
+    return ParsedTurn(error={"error": {"type": kind, "message": message}})
+
+
+def _check_arguments(call: dict, tool_schemas: dict[str, dict]) -> str | None:
+    """Return a message when a call does not fit its tool's JSON schema (shallow check)."""
+    schema = tool_schemas[call["name"]]
+    params = schema.get("parameters", schema)
+    props = params.get("properties", {})
+    for req in params.get("required", []):
+        if req not in call["arguments"]:
+            return f"missing required argument {req!r} for {call['name']}"
+    py_types = {"string": str, "integer": int, "number": (int, float), "boolean": bool,
+                "array": list, "object": dict}
+    for key, value in call["arguments"].items():
+        if key not in props:
+            return f"unknown argument {key!r} for {call['name']}"
+        want = props[key].get("type")
+        ok = py_types.get(want)
+        if ok is not None and (not isinstance(value, ok) or
+                               (want in ("integer", "number") and isinstance(value, bool))):
+            return f"argument {key!r} of {call['name']} must be {want}, got {type(value).__name__}"
+    return None
+
+
+def parse_assistant_turn(text: str, tool_schemas: list[dict] | None = None,
+                         max_calls: int = 1) -> ParsedTurn:
+    """Parse generated assistant text (without `<|im_end|>`).
+
+    No `<tool_call>` → a final answer. Otherwise every block must be closed, hold a JSON
+    object with a known `name` and an `arguments` object that fits the schema, nothing but
+    whitespace may follow the last block, and at most `max_calls` blocks may appear.
+    """
+    text = text.replace(IM_END, "")
+    if TOOL_CALL_OPEN not in text:
+        if TOOL_CALL_CLOSE in text:
+            return _error("malformed_tool_call", "found </tool_call> without <tool_call>")
+        if TOOL_RESPONSE_OPEN in text or TOOL_RESPONSE_CLOSE in text:
+            return _error("malformed_turn", "the assistant may not write <tool_response> blocks")
+        if not text.strip():
+            return _error("empty_answer", "the assistant turn is empty")
+        return ParsedTurn(answer=text.strip())
+    by_name = {s.get("function", s)["name"]: s.get("function", s) for s in (tool_schemas or [])}
+    calls: list[ToolCall] = []
+    rest = text
+    while TOOL_CALL_OPEN in rest:
+        start = rest.index(TOOL_CALL_OPEN) + len(TOOL_CALL_OPEN)
+        end = rest.find(TOOL_CALL_CLOSE, start)
+        if end < 0:
+            return _error("unterminated_tool_call", "<tool_call> block is not closed")
+        body = rest[start:end]
+        if TOOL_CALL_OPEN in body:
+            return _error("malformed_tool_call", "nested <tool_call> inside a block")
+        try:
+            call = json.loads(body)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            return _error("invalid_json", f"tool call is not valid JSON: {str(exc)[:120]}")
+        if not isinstance(call, dict):
+            return _error("invalid_json", "tool call must be a JSON object")
+        if set(call) - {"name", "arguments"}:
+            extra = sorted(set(call) - {"name", "arguments"})
+            return _error("malformed_tool_call", f"unexpected keys in tool call: {extra}")
+        name, arguments = call.get("name"), call.get("arguments", {})
+        if not isinstance(name, str) or not name:
+            return _error("malformed_tool_call", "tool call needs a string 'name'")
+        if not isinstance(arguments, dict):
+            return _error("malformed_tool_call", "'arguments' must be a JSON object")
+        if by_name:
+            if name not in by_name:
+                return _error("unknown_tool", f"unknown tool {name!r}")
+            problem = _check_arguments({"name": name, "arguments": arguments}, by_name)
+            if problem:
+                return _error("invalid_arguments", problem)
+        calls.append(ToolCall(name, arguments))
+        rest = rest[end + len(TOOL_CALL_CLOSE):]
+        next_open = rest.find(TOOL_CALL_OPEN)
+        if TOOL_CALL_CLOSE in rest[:next_open if next_open >= 0 else None]:
+            return _error("malformed_tool_call", "stray </tool_call>")
+        if rest.strip() and TOOL_CALL_OPEN not in rest:
+            return _error("text_after_tool_call", "text follows the last </tool_call>")
+        if TOOL_CALL_OPEN in rest and rest[:rest.index(TOOL_CALL_OPEN)].strip():
+            return _error("text_after_tool_call", "text between tool calls")
+    if len(calls) > max_calls:
+        return _error("too_many_tool_calls",
+                      f"{len(calls)} tool calls in one turn; at most {max_calls} allowed")
+    return ParsedTurn(calls=calls)

@@ -1,0 +1,64 @@
+"""A byte-level BPE tokenizer trained locally on the world's vocabulary (no download).
+
+The chat-format markers (`<|im_start|>`, `<tool_call>`, ...) are special tokens, so each is
+one id and a rendered conversation tokenises the same whether split into turns or not.
+"""
+
+from __future__ import annotations
+
+import json
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from stagent_ray.models.chat_format import (DEFAULT_SYSTEM_PROMPT, IM_END, SPECIAL_TOKENS,
+                                            format_tool_call, tools_system_block)
+
+# Text every tokenizer must cover well, whatever the world holds: digits, dates, times,
+# coordinates and the JSON of tool calls.
+SYNTAX_LINES = [
+    "0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 25 30 45 50 60 90 100 500 1000",
+    "2026-06-01 2026-06-15 08:30 12:00 18:45 23:59 31.2304,121.4737 -12.5,45.25",
+    '{"name": "x", "arguments": {"query": "cafe", "radius": 2000, "limit": 5}}',
+    "km min CNY AQI rating price open closed minutes hours [Unsolved]",
+]
+
+
+def world_corpus(world_seed: int = 0, n_cities: int = 4, pois_per_city: int = 320,
+                 today: str = "2026-06-01") -> list[str]:
+    """Texts that cover what the agent will read and write in the synthetic world."""
+    from stagent_ray.world.backends import make_executor
+    from stagent_ray.world.generate import load_world
+
+    world = load_world(world_seed, n_cities, pois_per_city, today)
+    executor = make_executor(seed=world_seed, n_cities=n_cities,
+                             pois_per_city=pois_per_city, today=today)
+    texts = [DEFAULT_SYSTEM_PROMPT, tools_system_block(executor.schemas())]
+    texts += [json.dumps(s) for s in executor.schemas()]
+    texts.append(world.to_json())
+    try:  # query texts and oracle trajectories, once the task families exist
+        from stagent_ray.tasks.families import FAMILIES, generate_queries
+        from stagent_ray.tasks.oracle import run_oracle
+        for family in FAMILIES:
+            for q in generate_queries(world, family, 3, seed=world_seed):
+                texts.append(q.text)
+                texts += [m["content"] for m in run_oracle(q, executor, noise=0.0)]
+    except ImportError:
+        pass
+    return texts + SYNTAX_LINES
+
+
+def train_tokenizer(texts: list[str], vocab_size: int = 4096) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on `texts`; returns a left-padding HF fast tokenizer."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(texts + [format_tool_call("t", {"a": 1})], trainer=trainer)
+    # padding_side must go to the constructor: an attribute set later is not saved.
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=IM_END, pad_token="<|endoftext|>",
+        additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in (IM_END, "<|endoftext|>")],
+        padding_side="left")

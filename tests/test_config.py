@@ -1,0 +1,47 @@
+import pytest
+
+from stagent_ray.config import Config, ConfigError, load_config, parse_overrides
+
+
+def test_yaml_files_load():
+    for name in ("tiny", "gpu_small", "cluster"):
+        cfg = load_config(f"configs/{name}.yaml")
+        assert isinstance(cfg, Config)
+    cfg = load_config("configs/tiny.yaml")
+    assert cfg.teacher.kind == "oracle" and cfg.model.name_or_path == "tiny"
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config("configs/tiny.yaml", ["sft0.lr=3e-4", "score.n_rollouts=4",
+                                            "sft0.lora=true", "run_dir=/tmp/x", "ray.num_cpus=2"])
+    assert cfg.sft0.lr == 3e-4 and cfg.score.n_rollouts == 4 and cfg.sft0.lora is True
+    assert cfg.run_dir == "/tmp/x" and cfg.ray.num_cpus == 2
+    assert cfg.sft1.lr == 5e-4  # untouched sections keep the file's values
+    assert parse_overrides(["a.b.c=1"]) == {"a": {"b": {"c": 1}}}
+
+
+@pytest.mark.parametrize("override, needle", [
+    (["sft0.lrr=1"], "sft0.lrr"),
+    (["nosuch=1"], "nosuch"),
+    (["sft0.lr=abc"], "sft0.lr"),
+    (["score.n_rollouts=2.5"], "score.n_rollouts"),
+    (["score.n_rollouts=0"], "score.n_rollouts"),
+    (["rl.algorithm=dpo"], "rl.algorithm"),
+    (["tiny_qa.fraction=1.5"], "tiny_qa.fraction"),
+    (["sft0=3"], "sft0"),
+    (["sft0.lora=yes please"], "sft0.lora"),
+    (["noequals"], "key=value"),
+])
+def test_bad_config_names_the_key(override, needle):
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        load_config("configs/tiny.yaml", override)
+
+
+def test_bad_yaml_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("world:\n  seeed: 3\n")
+    with pytest.raises(ConfigError, match="world.seeed"):
+        load_config(str(path))
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(str(path))
