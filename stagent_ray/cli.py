@@ -7,7 +7,7 @@ import sys
 
 from stagent_ray import __version__
 
-STAGES = ["pool", "tiny_qa", "sft0", "score", "split", "sft1", "rl", "eval", "report"]
+from stagent_ray.pipeline import STAGES
 
 
 def cmd_version(args) -> int:
@@ -23,13 +23,8 @@ def cmd_run(args) -> int:
     except (ConfigError, OSError) as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    try:
-        from stagent_ray.pipeline import run_pipeline
-    except ImportError:
-        print("The cascade pipeline (stagent_ray/pipeline.py) is not built yet. "
-              f"Stages planned: {', '.join(STAGES)}. Config loaded: run_dir={cfg.run_dir}",
-              file=sys.stderr)
-        return 3
+    from stagent_ray.pipeline import run_pipeline
+
     stages = args.stages.split(",") if args.stages else None
     return run_pipeline(cfg, stages=stages, from_stage=args.from_stage)
 

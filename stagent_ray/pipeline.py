@@ -1,0 +1,151 @@
+"""The cascade as one job: pool → tiny_qa → sft0 → score → split → sft1 → rl → eval → report.
+
+The run directory holds every artifact and `manifest.json` (config, config hash, per-stage
+status, artifacts and metrics). A stage whose status is complete and whose artifacts exist
+is skipped; a stage that died is run again and resumes from what it left (scoring by
+query_id, training from its last checkpoint). The manifest marks a stage complete only
+after its artifacts are written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+
+from stagent_ray.config import Config, config_to_dict
+from stagent_ray.runio import RunDirError, exists, read_json, run_path, write_json
+
+STAGES = ["pool", "tiny_qa", "sft0", "score", "split", "sft1", "rl", "eval", "report"]
+
+# What each stage leaves behind; the stage counts as done only if all of these exist.
+ARTIFACTS = {
+    "pool": ["data/pool.parquet", "data/eval.parquet"],
+    "tiny_qa": ["data/tiny_qa.parquet"],
+    "sft0": ["ckpt/sft0/config.json"],
+    "score": ["data/full_qa.parquet", "data/trajectories.parquet"],
+    "split": ["data/certain.parquet", "data/hard.parquet", "data/split_report.json"],
+    "sft1": ["ckpt/sft1/config.json"],
+    "rl": ["ckpt/rl/config.json"],
+    "eval": ["eval/summary.json"],
+    "report": ["report/index.html"],
+}
+
+
+def config_hash(cfg: Config) -> str:
+    return hashlib.sha256(json.dumps(config_to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_manifest(cfg: Config) -> dict:
+    if exists(cfg.run_dir, "manifest.json"):
+        manifest = read_json(cfg.run_dir, "manifest.json")
+    else:
+        manifest = {"stages": {}}
+    manifest["config"] = config_to_dict(cfg)
+    manifest["config_hash"] = config_hash(cfg)
+    return manifest
+
+
+def stage_done(cfg: Config, manifest: dict, stage: str) -> bool:
+    entry = manifest["stages"].get(stage, {})
+    return entry.get("status") == "complete" and all(exists(cfg.run_dir, a) for a in ARTIFACTS[stage])
+
+
+def base_checkpoint(cfg: Config) -> str:
+    """The starting model: a hub id / local path, or the tiny model built into the run dir."""
+    if cfg.model.name_or_path != "tiny":
+        return cfg.model.name_or_path
+    if not exists(cfg.run_dir, "ckpt/base/config.json"):
+        from stagent_ray.models.build import build_base_checkpoint
+        build_base_checkpoint(run_path(cfg.run_dir, "ckpt/base"), cfg.model, cfg.world, cfg.seed)
+    return run_path(cfg.run_dir, "ckpt/base")
+
+
+def run_stage(cfg: Config, stage: str) -> dict:
+    run_dir = cfg.run_dir
+    if stage == "pool":
+        from stagent_ray.stages.pool import run_pool
+        return run_pool(cfg, run_dir)
+    if stage == "tiny_qa":
+        from stagent_ray.stages.tiny_qa import run_tiny_qa
+        return run_tiny_qa(cfg, run_dir)
+    if stage == "sft0":
+        from stagent_ray.train.sft import run_sft
+        return run_sft(cfg, run_dir, "sft0", "data/tiny_qa.parquet", base_checkpoint(cfg),
+                       "ckpt/sft0")
+    if stage == "score":
+        from stagent_ray.stages.score import run_score
+        return run_score(cfg, run_dir, run_path(run_dir, "ckpt/sft0"))
+    if stage == "split":
+        from stagent_ray.stages.split import run_split
+        return run_split(cfg, run_dir)
+    if stage == "sft1":
+        from stagent_ray.train.sft import run_sft
+        return run_sft(cfg, run_dir, "sft1", "data/certain.parquet",
+                       run_path(run_dir, "ckpt/sft0"), "ckpt/sft1")
+    if stage == "rl":
+        from stagent_ray.train.rl import run_rl
+        return run_rl(cfg, run_dir, run_path(run_dir, "ckpt/sft1"), "ckpt/rl")
+    if stage == "eval":
+        from stagent_ray.stages.evaluate import run_eval
+        return run_eval(cfg, run_dir)
+    if stage == "report":
+        from stagent_ray.stages.report import run_report
+        return run_report(cfg, run_dir)
+    raise ValueError(f"unknown stage {stage!r}")
+
+
+def select_stages(stages: list[str] | None, from_stage: str | None) -> list[str]:
+    chosen = list(STAGES)
+    if from_stage:
+        chosen = chosen[chosen.index(from_stage):]
+    if stages:
+        unknown = [s for s in stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
+        chosen = [s for s in chosen if s in stages]
+    return chosen
+
+
+def run_pipeline(cfg: Config, stages: list[str] | None = None, from_stage: str | None = None,
+                 log=print) -> int:
+    from stagent_ray.ray_setup import init_ray
+
+    try:
+        chosen = select_stages(stages, from_stage)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    init_ray(cfg.ray)
+    manifest = load_manifest(cfg)
+    write_json(cfg.run_dir, "manifest.json", manifest)
+    forced = set(chosen) if (stages or from_stage) else set()
+    for stage in chosen:
+        if stage not in forced and stage_done(cfg, manifest, stage):
+            log(f"[{stage}] complete, skipped")
+            continue
+        log(f"[{stage}] running")
+        entry = manifest["stages"].setdefault(stage, {})
+        entry.update(status="running", started=time.time(), config_hash=manifest["config_hash"])
+        write_json(cfg.run_dir, "manifest.json", manifest)
+        try:
+            metrics = run_stage(cfg, stage)
+        except ModuleNotFoundError as exc:
+            entry["status"] = "not_built"
+            write_json(cfg.run_dir, "manifest.json", manifest)
+            log(f"[{stage}] is not built yet ({exc.name}); stopping here")
+            return 3
+        except (RunDirError, ValueError) as exc:
+            entry.update(status="failed", error=str(exc))
+            write_json(cfg.run_dir, "manifest.json", manifest)
+            print(f"[{stage}] failed: {exc}", file=sys.stderr)
+            return 1
+        entry.update(status="complete", finished=time.time(), metrics=metrics,
+                     seconds=time.time() - entry["started"],
+                     artifacts=[run_path(cfg.run_dir, a) for a in ARTIFACTS[stage]])
+        write_json(cfg.run_dir, "manifest.json", manifest)  # completion is recorded last
+        log(f"[{stage}] complete in {entry['seconds']:.1f}s")
+    if exists(cfg.run_dir, "report/index.html"):
+        log(f"report: {run_path(cfg.run_dir, 'report/index.html')}")
+    return 0

@@ -1,0 +1,198 @@
+"""The multi-turn agent loop: generate, parse, call tools, append, repeat.
+
+All episodes of a batch advance turn by turn together: one batched `generate` call for every
+episode still running, then every tool call of that turn runs concurrently. Token engines
+are token-in/token-out: the ids the engine sampled (and their log-probs) go into the
+trajectory as they are, tool responses are appended as ids, nothing is re-tokenised. The
+trajectory's `token_ids`, `logprobs` and `loss_mask` are what the trainers consume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass, field
+
+from stagent_ray.config import AgentConfig
+from stagent_ray.models.chat_format import (DEFAULT_SYSTEM_PROMPT, IM_END, TOOL_CALL_CLOSE,
+                                            ParsedTurn, format_tool_response, parse_assistant_turn,
+                                            render_ids, tool_response_ids)
+from stagent_ray.rollout.engine import SamplingParams, TokenEngine
+
+
+@dataclass
+class Trajectory:
+    query_id: str
+    messages: list[dict]                 # system, user, then assistant/tool turns
+    prompt_len: int = 0                  # ids before the first assistant token
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)   # 0.0 where not sampled
+    loss_mask: list[int] = field(default_factory=list)    # 1 on sampled assistant tokens
+    num_turns: int = 0
+    num_tool_calls: int = 0
+    num_tool_errors: int = 0             # failed tool calls and unparseable turns
+    stop_reason: str = ""                # answer | max_turns | max_tokens
+    wall_time_s: float = 0.0
+
+    @property
+    def answer(self) -> str:
+        last = self.messages[-1]
+        return last["content"] if last["role"] == "assistant" and self.stop_reason == "answer" else ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def initial_messages(query_text: str, system_prompt: str | None = None) -> list[dict]:
+    return [{"role": "system", "content": system_prompt or DEFAULT_SYSTEM_PROMPT},
+            {"role": "user", "content": query_text}]
+
+
+def _is_error(result) -> bool:
+    return isinstance(result, dict) and "error" in result
+
+
+async def _run_calls(executor, calls) -> list:
+    if len(calls) == 1:
+        return [await executor.acall(calls[0].name, calls[0].arguments)]
+    return await executor.acall_many([(c.name, c.arguments) for c in calls])
+
+
+async def observe_turns(executor, pending: list[tuple[Trajectory, ParsedTurn]]) -> list[list[str]]:
+    """Run every tool call of this turn concurrently; append the tool messages.
+
+    An unparseable turn gets its structured error back as the observation, so the model
+    sees what it did wrong and the episode goes on.
+    """
+    results = await asyncio.gather(*[
+        _run_calls(executor, p.calls) if p.error is None else asyncio.sleep(0, [p.error])
+        for _, p in pending])
+    out = []
+    for (t, parsed), observations in zip(pending, results):
+        if parsed.error is None:
+            t.num_tool_calls += len(parsed.calls)
+        t.num_tool_errors += sum(_is_error(o) for o in observations)
+        contents = [format_tool_response(o) for o in observations]
+        t.messages += [{"role": "tool", "content": c} for c in contents]
+        out.append(contents)
+    return out
+
+
+def run_episodes(engine: TokenEngine, executor, queries: list[tuple[str, str]],
+                 sampling: SamplingParams, agent: AgentConfig) -> list[Trajectory]:
+    """Roll out one episode per `(query_id, query_text)` with a token engine."""
+    return asyncio.run(run_episodes_async(engine, executor, queries, sampling, agent))
+
+
+async def run_episodes_async(engine, executor, queries, sampling: SamplingParams,
+                             agent: AgentConfig) -> list[Trajectory]:
+    tok = engine.tokenizer
+    schemas = executor.schemas()
+    im_end = tok.convert_tokens_to_ids(IM_END)
+    call_close = tok.convert_tokens_to_ids(TOOL_CALL_CLOSE)
+    # With one call per turn the turn may end at </tool_call>; the loop closes it.
+    stops = [im_end] + ([call_close] if agent.max_calls_per_turn == 1 else [])
+    sampling = SamplingParams(**{**asdict(sampling), "stop_token_ids": stops})
+    start = time.perf_counter()
+
+    trajs = []
+    for query_id, text in queries:
+        messages = initial_messages(text, agent.system_prompt)
+        ids, _ = render_ids(tok, messages, schemas, add_generation_prompt=True)
+        trajs.append(Trajectory(query_id, messages, len(ids), ids, [0.0] * len(ids),
+                                [0] * len(ids)))
+
+    def finish(t: Trajectory, reason: str) -> None:
+        t.stop_reason = reason
+        t.wall_time_s = time.perf_counter() - start
+
+    running = [t for t in trajs if len(t.token_ids) < agent.max_tokens]
+    for t in trajs:
+        if t not in running:
+            finish(t, "max_tokens")
+
+    while running:
+        outputs = await asyncio.to_thread(engine.generate, [t.token_ids for t in running],
+                                          sampling)
+        for t, gen in zip(running, outputs):
+            budget = agent.max_tokens - len(t.token_ids)
+            if len(gen.token_ids) > budget:  # past the trajectory's token budget: cut
+                gen.token_ids, gen.logprobs = gen.token_ids[:budget], gen.logprobs[:budget]
+                gen.finish_reason = "length"
+
+        pending = []  # (trajectory, calls) whose tools run this turn
+        for t, gen in zip(running, outputs):
+            t.token_ids += gen.token_ids
+            t.logprobs += gen.logprobs
+            t.loss_mask += [1] * len(gen.token_ids)
+            t.num_turns += 1
+            text = tok.decode([i for i in gen.token_ids if i != im_end], skip_special_tokens=False)
+            t.messages.append({"role": "assistant", "content": text})
+            if gen.finish_reason == "length":
+                if len(t.token_ids) >= agent.max_tokens:
+                    finish(t, "max_tokens")
+                    continue
+                parsed = ParsedTurn(error={"error": {
+                    "type": "turn_too_long", "message": "the turn hit max_new_tokens before ending"}})
+            else:
+                parsed = parse_assistant_turn(text, schemas, agent.max_calls_per_turn)
+                if parsed.is_final:
+                    finish(t, "answer")
+                    continue
+            if t.num_turns >= agent.max_turns:
+                finish(t, "max_turns")
+                continue
+            pending.append((t, parsed))
+
+        observations = await observe_turns(executor, pending)
+        still = []
+        for (t, _), contents in zip(pending, observations):
+            # Close the assistant turn if generation stopped at </tool_call>, then the tool
+            # turn and the next assistant header: all context, none of it trained on.
+            extra = ([] if t.token_ids[-1] == im_end else [im_end]) + tool_response_ids(tok, contents)
+            t.token_ids += extra
+            t.logprobs += [0.0] * len(extra)
+            t.loss_mask += [0] * len(extra)
+            if len(t.token_ids) >= agent.max_tokens:
+                finish(t, "max_tokens")
+            else:
+                still.append(t)
+        running = still
+    return trajs
+
+
+def run_message_episodes(engine, executor, queries: list, agent: AgentConfig,
+                         seeds: list[int], tokenizer=None) -> list[Trajectory]:
+    """Roll out episodes with a message engine (oracle, openai); `queries` are task records
+    with `query_id` and `text`. With a tokenizer, ids and the loss mask are rendered."""
+    return asyncio.run(_run_message_episodes(engine, executor, queries, agent, seeds, tokenizer))
+
+
+async def _run_message_episodes(engine, executor, queries, agent, seeds, tokenizer):
+    schemas = executor.schemas()
+    start = time.perf_counter()
+    trajs = [Trajectory(q.query_id, initial_messages(q.text, agent.system_prompt)) for q in queries]
+    running = list(range(len(trajs)))
+    while running:
+        contents = await asyncio.to_thread(
+            engine.chat, [queries[i] for i in running], [trajs[i].messages for i in running],
+            [seeds[i] for i in running])
+        pending = []
+        for i, text in zip(running, contents):
+            t = trajs[i]
+            t.messages.append({"role": "assistant", "content": text})
+            t.num_turns += 1
+            parsed = parse_assistant_turn(text, schemas, agent.max_calls_per_turn)
+            if parsed.is_final or t.num_turns >= agent.max_turns:
+                t.stop_reason = "answer" if parsed.is_final else "max_turns"
+                t.wall_time_s = time.perf_counter() - start
+            else:
+                pending.append((t, parsed))
+        await observe_turns(executor, pending)
+        running = [i for i in running if not trajs[i].stop_reason]
+    if tokenizer is not None:
+        for t in trajs:
+            t.token_ids, t.loss_mask = render_ids(tokenizer, t.messages, schemas)
+            t.logprobs = [0.0] * len(t.token_ids)
+            t.prompt_len = t.loss_mask.index(1) if 1 in t.loss_mask else len(t.loss_mask)
+    return trajs

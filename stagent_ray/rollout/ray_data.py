@@ -1,0 +1,235 @@
+"""Rollouts at scale: Ray Data streams query rows through actors that run N scored
+episodes per query and write their rows to Parquet part files as they finish.
+
+Used by `tiny_qa` (teacher, K attempts), `score` (πθ0, N rollouts) and `split` (teacher
+recovery of all-fail queries). Resume is by query_id: a restart reads the part files already
+written and only sends the rest; each part is written under a temporary name and renamed,
+so a killed run never leaves a partial part that looks complete. Consolidation drops any
+query_id that a retried batch wrote twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import numpy as np
+
+from stagent_ray.runio import filesystem, read_table, row_to_query, run_path, write_table
+
+
+def episode_seed(query_id: str, index: int, salt: int = 0) -> int:
+    return int(hashlib.sha1(f"{query_id}:{index}:{salt}".encode()).hexdigest()[:8], 16)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c passes (Chen et al. 2021)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def summarise_query(query_row: dict, trajs: list[dict]) -> dict:
+    """The per-query row of a scored pool, from its N scored trajectories."""
+    rewards = [t["reward"] for t in trajs]
+    verified = [t["verified"] for t in trajs]
+    n, c = len(trajs), sum(verified)
+    p = c / n
+    best = max(range(n), key=lambda i: (verified[i], rewards[i], -i))
+    return {
+        "query_id": query_row["query_id"], "family": query_row["family"],
+        "difficulty": query_row["difficulty"], "text": query_row["text"],
+        "n": n, "rewards": rewards, "verified": verified,
+        "mean_reward": float(np.mean(rewards)), "var_reward": float(np.var(rewards)),
+        "pass_rate": p, "pass_at_1": pass_at_k(n, c, 1), "pass_at_k": pass_at_k(n, c, n),
+        "learnability": p * (1.0 - p),
+        "tokens": int(sum(t["num_generated_tokens"] for t in trajs)),
+        "tool_calls": int(sum(t["num_tool_calls"] for t in trajs)),
+        "tool_errors": int(sum(t["num_tool_errors"] for t in trajs)),
+        "best_index": best, "best_reward": rewards[best], "best_verified": verified[best],
+        "best_messages": trajs[best]["messages"],
+    }
+
+
+class RolloutActor:
+    """One Ray Data actor: an engine, a tool executor and the scorer, built once.
+
+    `engine`: {"kind": "hf"|"vllm", "model": path} (in-actor token engine),
+    {"kind": "serve", "app": name} (the Policy deployment), or an EngineConfig dict with
+    kind "oracle"/"openai" (message engine).
+    """
+
+    def __init__(self, cfg_dict: dict, engine: dict, n: int, run_dir: str, parts_dir: str,
+                 salt: int = 0, temperature: float | None = None):
+        import torch
+
+        from stagent_ray.config import config_from_dict
+        from stagent_ray.world.backends import make_executor
+
+        torch.set_num_threads(1)
+        self.cfg = config_from_dict(cfg_dict)
+        w = self.cfg.world
+        self.executor = make_executor(backend=w.backend, seed=w.seed, n_cities=w.n_cities,
+                                      pois_per_city=w.pois_per_city, today=w.today,
+                                      replay_path=w.replay_path, http_url=w.http_url,
+                                      cache_size=w.cache_size, timeout_s=w.tool_timeout_s)
+        self.n, self.run_dir, self.parts_dir, self.salt = n, run_dir, parts_dir, salt
+        self.engine_spec = engine
+        self.token_engine = self.message_engine = None
+        kind = engine["kind"]
+        if kind in ("hf", "vllm"):
+            from stagent_ray.rollout.engine import make_token_engine
+            self.token_engine = make_token_engine(kind, engine["model"], device=engine.get(
+                "device", "cpu"), max_batch_size=engine.get("max_batch_size", 16))
+        elif kind == "serve":
+            from ray import serve
+            from transformers import AutoTokenizer
+
+            from stagent_ray.serve.deployments import ServePolicyEngine
+            handle = serve.get_deployment_handle("Policy", app_name=engine["app"])
+            tok = AutoTokenizer.from_pretrained(engine["model"], padding_side="left")
+            self.token_engine = ServePolicyEngine(handle, tok)
+        else:
+            from stagent_ray.config import EngineConfig
+            from stagent_ray.rollout.engine import make_message_engine
+            self.message_engine = make_message_engine(EngineConfig(**engine),
+                                                      self.executor.schemas())
+        s = self.cfg.sampling
+        self.temperature = s.temperature if temperature is None else temperature
+        self._metrics()
+
+    def _metrics(self):
+        from ray.util import metrics
+
+        self.traj_counter = metrics.Counter(
+            "stagent_trajectories", "Scored trajectories", tag_keys=("stage",))
+        self.reward_gauge = metrics.Gauge(
+            "stagent_mean_reward", "Mean reward of the last batch", tag_keys=("stage",))
+
+    def rollout(self, queries: list) -> list:
+        from stagent_ray.rollout.agent_loop import run_episodes, run_message_episodes
+        from stagent_ray.rollout.engine import SamplingParams
+
+        agent = self.cfg.agent
+        episodes = [(q, i) for q in queries for i in range(self.n)]
+        seeds = [episode_seed(q.query_id, i, self.salt) for q, i in episodes]
+        if self.message_engine is not None:
+            return run_message_episodes(self.message_engine, self.executor,
+                                        [q for q, _ in episodes], agent, seeds)
+        s = self.cfg.sampling
+        sampling = SamplingParams(temperature=self.temperature, top_p=s.top_p, top_k=s.top_k,
+                                  max_new_tokens=s.max_new_tokens, seed=seeds[0])
+        return run_episodes(self.token_engine, self.executor,
+                            [(q.query_id, q.text) for q, _ in episodes], sampling, agent)
+
+    def __call__(self, batch: dict) -> dict:
+        from stagent_ray.reward import score_trajectory
+
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        queries = [row_to_query(r) for r in rows]
+        trajs = self.rollout(queries)
+        traj_rows = []
+        for k, t in enumerate(trajs):
+            q = queries[k // self.n]
+            score = score_trajectory(q, t.messages)
+            traj_rows.append({
+                "query_id": q.query_id, "rollout_index": k % self.n,
+                "reward": float(score.value), "verified": bool(score.verified),
+                "reason": score.reason, "parts": json.dumps(score.parts, sort_keys=True),
+                "messages": json.dumps(t.messages, ensure_ascii=False),
+                "token_ids": t.token_ids, "logprobs": t.logprobs, "loss_mask": t.loss_mask,
+                "prompt_len": t.prompt_len, "num_generated_tokens": int(sum(t.loss_mask)),
+                "num_turns": t.num_turns, "num_tool_calls": t.num_tool_calls,
+                "num_tool_errors": t.num_tool_errors, "stop_reason": t.stop_reason,
+                "wall_time_s": t.wall_time_s})
+        summaries = [summarise_query(r, traj_rows[i * self.n:(i + 1) * self.n])
+                     for i, r in enumerate(rows)]
+        part = hashlib.sha1("".join(sorted(r["query_id"] for r in rows)).encode()).hexdigest()[:16]
+        # Trajectories first, summaries last: a summary part exists only with its trajectories.
+        write_table(self.run_dir, f"{self.parts_dir}/traj-{part}.parquet", traj_rows)
+        write_table(self.run_dir, f"{self.parts_dir}/query-{part}.parquet", summaries)
+        stage = self.parts_dir.rsplit("/", 1)[-1]
+        self.traj_counter.inc(len(traj_rows), tags={"stage": stage})
+        self.reward_gauge.set(float(np.mean([t["reward"] for t in traj_rows])), tags={"stage": stage})
+        return {"query_id": [s["query_id"] for s in summaries],
+                "mean_reward": [s["mean_reward"] for s in summaries],
+                "n_traj": [len(traj_rows) // len(rows)] * len(rows)}
+
+
+def list_parts(run_dir: str, parts_dir: str, prefix: str) -> list[str]:
+    import pyarrow.fs as pafs
+
+    fs, _ = filesystem(run_dir)
+    base = run_path(run_dir, parts_dir)
+    if fs.get_file_info(base).type == pafs.FileType.NotFound:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(base))
+    names = sorted(i.base_name for i in infos if i.base_name.startswith(prefix)
+                   and i.base_name.endswith(".parquet"))
+    return [f"{parts_dir}/{n}" for n in names]
+
+
+def done_query_ids(run_dir: str, parts_dir: str) -> set[str]:
+    done = set()
+    for part in list_parts(run_dir, parts_dir, "query-"):
+        done.update(r["query_id"] for r in read_table(run_dir, part))
+    return done
+
+
+def rollout_pool(cfg, run_dir: str, query_rows: list[dict], engine: dict, n: int,
+                 parts_dir: str, num_actors: int, cpus_per_actor: float, batch_size: int,
+                 salt: int = 0, temperature: float | None = None, desc: str = "rollouts") -> dict:
+    """Stream `query_rows` through `num_actors` RolloutActors; skip query_ids already
+    written under `parts_dir`. Returns counts and throughput."""
+    import ray
+    from tqdm import tqdm
+
+    from stagent_ray.config import config_to_dict
+
+    done = done_query_ids(run_dir, parts_dir)
+    todo = [r for r in query_rows if r["query_id"] not in done]
+    start = time.perf_counter()
+    n_traj = 0
+    if todo:
+        ds = ray.data.from_items(todo, override_num_blocks=max(1, math.ceil(len(todo) / batch_size)))
+        ds = ds.map_batches(
+            RolloutActor, batch_size=batch_size, batch_format="numpy",
+            fn_constructor_kwargs={"cfg_dict": config_to_dict(cfg), "engine": engine, "n": n,
+                                   "run_dir": run_dir, "parts_dir": parts_dir, "salt": salt,
+                                   "temperature": temperature},
+            compute=ray.data.ActorPoolStrategy(size=num_actors), num_cpus=cpus_per_actor)
+        with tqdm(total=len(query_rows), initial=len(query_rows) - len(todo), desc=desc,
+                  unit="query") as bar:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                bar.update(len(batch["query_id"]))
+                n_traj += int(np.sum(batch["n_traj"]))
+                bar.set_postfix(reward=f"{float(np.mean(batch['mean_reward'])):.3f}")
+    elapsed = time.perf_counter() - start
+    return {"queries": len(query_rows), "resumed_skipped": len(query_rows) - len(todo),
+            "trajectories": n_traj, "seconds": elapsed,
+            "trajectories_per_s": n_traj / elapsed if elapsed > 0 else 0.0}
+
+
+def consolidate(run_dir: str, parts_dir: str, query_out: str, traj_out: str | None,
+                order: list[str] | None = None) -> list[dict]:
+    """Merge part files into one table per kind, each query_id exactly once."""
+    rows, part_of = [], {}
+    for part in list_parts(run_dir, parts_dir, "query-"):
+        for r in read_table(run_dir, part):
+            if r["query_id"] not in part_of:
+                part_of[r["query_id"]] = part.replace("/query-", "/traj-")
+                rows.append(r)
+    if order is not None:
+        rank = {qid: i for i, qid in enumerate(order)}
+        rows.sort(key=lambda r: rank.get(r["query_id"], len(rank)))
+    if traj_out:
+        # Take each query's trajectories from the part written with its summary, so an
+        # orphan part (killed between the two writes, then redone) is never mixed in.
+        trajs = []
+        for part in sorted(set(part_of.values())):
+            trajs += [t for t in read_table(run_dir, part) if part_of.get(t["query_id"]) == part]
+        write_table(run_dir, traj_out, trajs)
+    write_table(run_dir, query_out, rows)
+    return rows
+

@@ -1,0 +1,183 @@
+"""Stage `pool`: generate candidate queries and curate them, plus a held-out eval set.
+
+The funnel, as in the STAgent report: generate → lexical de-duplication (MinHash + LSH over
+word shingles) → semantic de-duplication within each intent bucket (hashed n-gram vectors,
+or a sentence-transformers model when configured) → k-center greedy diversity selection
+down to the target size. The eval set is disjoint: no shared text, and one city (the last)
+is held out of the pool entirely so part of the eval set asks about unseen places.
+
+Outputs: data/pool.parquet, data/eval.parquet, and the funnel counts in the stage metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import zlib
+
+import numpy as np
+
+# ---------------------------------------------------------------- lexical: MinHash + LSH
+
+_MERSENNE = (1 << 61) - 1
+
+
+def shingles(text: str, n: int = 3) -> set[str]:
+    words = re.findall(r"\w+", text.lower())
+    if len(words) < n:
+        return {" ".join(words)}
+    return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def minhash_signatures(texts: list[str], num_perm: int = 64, seed: int = 0) -> np.ndarray:
+    """[n_texts, num_perm] MinHash signatures of the texts' word 3-shingles."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(1, _MERSENNE, num_perm, dtype=np.uint64)
+    b = rng.integers(0, _MERSENNE, num_perm, dtype=np.uint64)
+    sigs = np.empty((len(texts), num_perm), dtype=np.uint64)
+    for i, text in enumerate(texts):
+        h = np.array([zlib.crc32(s.encode()) for s in shingles(text)], dtype=np.uint64)
+        # (a*h + b) mod p, in uint64 with wrap-around: a universal-enough hash family here.
+        sigs[i] = ((h[:, None] * a[None, :] + b[None, :]) % _MERSENNE).min(axis=0)
+    return sigs
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / max(1, len(a | b))
+
+
+def lexical_dedup(texts: list[str], threshold: float = 0.8, bands: int = 16) -> list[int]:
+    """Indices to keep: the first of every group of texts with shingle Jaccard >= threshold.
+
+    LSH proposes candidate pairs (equal signature bands); exact Jaccard confirms them.
+    """
+    sigs = minhash_signatures(texts, num_perm=bands * 4)
+    rows = sigs.shape[1] // bands
+    shingle_sets = [shingles(t) for t in texts]
+    dropped: set[int] = set()
+    for band in range(bands):
+        buckets: dict[bytes, list[int]] = {}
+        for i in range(len(texts)):
+            buckets.setdefault(sigs[i, band * rows:(band + 1) * rows].tobytes(), []).append(i)
+        for members in buckets.values():
+            for j_pos, j in enumerate(members):
+                if j in dropped:
+                    continue
+                for i in members[:j_pos]:
+                    if i not in dropped and jaccard(shingle_sets[i], shingle_sets[j]) >= threshold:
+                        dropped.add(j)
+                        break
+    return [i for i in range(len(texts)) if i not in dropped]
+
+
+# ---------------------------------------------------------------- semantic + diversity
+
+def hashed_ngram_vectors(texts: list[str], dim: int = 4096) -> np.ndarray:
+    """[n, dim] L2-normalised bag of hashed word unigrams and bigrams."""
+    out = np.zeros((len(texts), dim), dtype=np.float32)
+    for i, text in enumerate(texts):
+        words = re.findall(r"\w+", text.lower())
+        for gram in words + [f"{a} {b}" for a, b in zip(words, words[1:])]:
+            out[i, int(hashlib.md5(gram.encode()).hexdigest()[:8], 16) % dim] += 1.0
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+
+def embed(texts: list[str], embedder: str = "hashed") -> np.ndarray:
+    if embedder == "hashed":
+        return hashed_ngram_vectors(texts)
+    from sentence_transformers import SentenceTransformer  # optional, user-installed
+
+    vecs = SentenceTransformer(embedder).encode(texts, normalize_embeddings=True)
+    return np.asarray(vecs, dtype=np.float32)
+
+
+def semantic_dedup(vectors: np.ndarray, buckets: list[str], threshold: float = 0.9) -> list[int]:
+    """Indices to keep: within each bucket, drop an item whose cosine to a kept one >= threshold."""
+    keep = []
+    for bucket in sorted(set(buckets)):
+        kept_vecs: list[np.ndarray] = []
+        for i in (i for i, b in enumerate(buckets) if b == bucket):
+            if kept_vecs and float(np.max(np.stack(kept_vecs) @ vectors[i])) >= threshold:
+                continue
+            kept_vecs.append(vectors[i])
+            keep.append(i)
+    return sorted(keep)
+
+
+def k_center_greedy(vectors: np.ndarray, k: int, seed: int = 0) -> list[int]:
+    """Pick k points, each the farthest from those already picked (keeps the long tail)."""
+    n = len(vectors)
+    if k >= n:
+        return list(range(n))
+    picked = [int(np.random.default_rng(seed).integers(n))]
+    dist = np.linalg.norm(vectors - vectors[picked[0]], axis=1)
+    while len(picked) < k:
+        nxt = int(np.argmax(dist))
+        picked.append(nxt)
+        dist = np.minimum(dist, np.linalg.norm(vectors - vectors[nxt], axis=1))
+    return sorted(picked)
+
+
+# ---------------------------------------------------------------- the stage
+
+def curate(queries: list, pool_cfg, seed: int = 0) -> tuple[list, dict]:
+    """The funnel over task records; returns the kept queries and the count after each step."""
+    counts = {"generated": len(queries)}
+    texts = [q.text for q in queries]
+    exact = list({t: i for i, t in reversed(list(enumerate(texts)))}.values())
+    queries = [queries[i] for i in sorted(exact)]
+    counts["exact_dedup"] = len(queries)
+    keep = lexical_dedup([q.text for q in queries], pool_cfg.lsh_threshold)
+    queries = [queries[i] for i in keep]
+    counts["lexical_dedup"] = len(queries)
+    vectors = embed([q.text for q in queries], pool_cfg.embedder)
+    keep = semantic_dedup(vectors, ["/".join(q.intent) for q in queries],
+                          pool_cfg.semantic_threshold)
+    queries, vectors = [queries[i] for i in keep], vectors[keep]
+    counts["semantic_dedup"] = len(queries)
+    # k-center per family, with quotas proportional to what survived, so no family vanishes.
+    families = sorted({q.family for q in queries})
+    selected = []
+    for family in families:
+        idx = [i for i, q in enumerate(queries) if q.family == family]
+        quota = max(1, round(pool_cfg.target_size * len(idx) / len(queries)))
+        selected += [idx[j] for j in k_center_greedy(vectors[idx], quota, seed)]
+    queries = [queries[i] for i in sorted(selected)]
+    counts["k_center"] = len(queries)
+    return queries, counts
+
+
+def run_pool(cfg, run_dir: str) -> dict:
+    """Write data/pool.parquet and data/eval.parquet; return the stage metrics."""
+    from stagent_ray.runio import query_to_row, write_table
+    from stagent_ray.tasks.families import FAMILIES, generate_queries
+    from stagent_ray.world.generate import load_world
+
+    w = cfg.world
+    world = load_world(w.seed, w.n_cities, w.pois_per_city, w.today)
+    held_out_city = world.cities[-1].name
+    pool, evals = [], []
+    for family in FAMILIES:
+        # Over-generate so the funnel has something to remove.
+        pool += generate_queries(world, family, cfg.pool.queries_per_family, seed=cfg.seed)
+        evals += generate_queries(world, family, cfg.pool.eval_per_family * 3,
+                                  seed=cfg.seed + 10_000)
+    pool = [q for q in pool if q.city != held_out_city]
+    pool, counts = curate(pool, cfg.pool, cfg.seed)
+
+    pool_texts = {q.text for q in pool}
+    eval_set, seen = [], set()
+    for family in FAMILIES:
+        fresh = [q for q in evals if q.family == family and q.text not in pool_texts
+                 and q.text not in seen]
+        # Prefer the held-out city, then anything fresh.
+        fresh.sort(key=lambda q: q.city != held_out_city)
+        for q in fresh[:cfg.pool.eval_per_family]:
+            eval_set.append(q)
+            seen.add(q.text)
+    write_table(run_dir, "data/pool.parquet", [query_to_row(q) for q in pool])
+    write_table(run_dir, "data/eval.parquet", [query_to_row(q) for q in eval_set])
+    return {"funnel": counts, "pool": len(pool), "eval": len(eval_set),
+            "eval_held_out_city": sum(q.city == held_out_city for q in eval_set),
+            "held_out_city": held_out_city,
+            "families": {f: sum(q.family == f for q in pool) for f in FAMILIES}}

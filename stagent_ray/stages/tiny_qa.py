@@ -1,0 +1,66 @@
+"""Stage `tiny_qa`: the teacher writes K trajectories for a small sample of the pool; the
+scorer keeps the best verified one per query.
+
+Input: data/pool.parquet. The sample is `tiny_qa.fraction` of the pool plus
+`tiny_qa.long_tail` synthetic queries from the families the pool holds least of (the rare
+tool chains). Queries where none of the K attempts verified are recorded, never dropped
+silently. Outputs: data/tiny_qa.parquet (SFT-0 data), data/tiny_qa_unverified.parquet.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict
+
+
+def sample_tiny_queries(cfg, pool_rows: list[dict], eval_texts: set[str]) -> list[dict]:
+    from stagent_ray.runio import query_to_row
+    from stagent_ray.tasks.families import FAMILIES, generate_queries
+    from stagent_ray.world.generate import load_world
+
+    rng = random.Random(cfg.seed)
+    k = max(1, round(cfg.tiny_qa.fraction * len(pool_rows)))
+    sample = rng.sample(pool_rows, min(k, len(pool_rows)))
+    if cfg.tiny_qa.long_tail <= 0:
+        return sample
+    counts = {f: sum(r["family"] == f for r in pool_rows) for f in FAMILIES}
+    rare = sorted(FAMILIES, key=lambda f: (counts[f], f))[:max(1, len(FAMILIES) // 4)]
+    w = cfg.world
+    world = load_world(w.seed, w.n_cities, w.pois_per_city, w.today)
+    seen = {r["text"] for r in pool_rows} | eval_texts
+    extra = []
+    for i in range(cfg.tiny_qa.long_tail):
+        family = rare[i % len(rare)]
+        for q in generate_queries(world, family, 4, seed=cfg.seed + 20_000 + i):
+            if q.text not in seen:
+                seen.add(q.text)
+                extra.append(query_to_row(q))
+                break
+    return sample + extra
+
+
+def run_tiny_qa(cfg, run_dir: str) -> dict:
+    from stagent_ray.rollout.ray_data import consolidate, rollout_pool
+    from stagent_ray.runio import read_table, write_table
+
+    pool = read_table(run_dir, "data/pool.parquet")
+    eval_texts = {r["text"] for r in read_table(run_dir, "data/eval.parquet")}
+    queries = sample_tiny_queries(cfg, pool, eval_texts)
+    s = cfg.score
+    stats = rollout_pool(cfg, run_dir, queries, asdict(cfg.teacher), cfg.tiny_qa.k,
+                         "data/parts/tiny_qa", s.num_actors, s.cpus_per_actor, s.batch_size,
+                         desc="tiny_qa (teacher)")
+    rows = consolidate(run_dir, "data/parts/tiny_qa", "data/tiny_qa_scored.parquet", None,
+                       order=[q["query_id"] for q in queries])
+    kept = [{"query_id": r["query_id"], "family": r["family"], "text": r["text"],
+             "messages": r["best_messages"], "reward": r["best_reward"],
+             "teacher_pass_rate": r["pass_rate"]} for r in rows if r["best_verified"]]
+    unverified = [{"query_id": r["query_id"], "family": r["family"], "text": r["text"],
+                   "rewards": r["rewards"]} for r in rows if not r["best_verified"]]
+    write_table(run_dir, "data/tiny_qa_unverified.parquet", unverified)
+    write_table(run_dir, "data/tiny_qa.parquet", kept)
+    return {**stats, "sampled": len(queries), "kept": len(kept), "unverified": len(unverified),
+            "teacher_pass_rate": sum(r["pass_rate"] for r in rows) / max(1, len(rows)),
+            "families": json.loads(json.dumps({f: sum(k["family"] == f for k in kept)
+                                               for f in sorted({k["family"] for k in kept})}))}
