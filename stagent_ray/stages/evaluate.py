@@ -1,0 +1,97 @@
+"""Stage `eval`: the held-out eval set through the teacher and every checkpoint.
+
+Each model answers every eval query greedily once (pass@1) and `eval.pass_k` times at
+`eval.temperature` (pass@k), with the same agent loop, tools and scorer as training. Per
+model, overall and per family: verified rate, mean reward, rubric score, `[Unsolved]`
+accuracy on out-of-scope queries (and false `[Unsolved]` on solvable ones), tool calls and
+tool errors per episode. Outputs: eval/<model>.json and eval/summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+from stagent_ray.models.chat_format import UNSOLVED_MARKER
+
+CHECKPOINTS = ["base", "sft0", "sft1", "rl"]
+
+
+def _answer(messages_json: str) -> str:
+    messages = json.loads(messages_json)
+    last = messages[-1] if messages else {}
+    return last.get("content", "") if last.get("role") == "assistant" else ""
+
+
+def summarise(trajs: list[dict], queries: dict[str, dict]) -> dict:
+    """Metrics of one group of scored trajectories (one per query, or k per query)."""
+    if not trajs:
+        return {}
+    n = len(trajs)
+    out_of_scope = [t for t in trajs if queries[t["query_id"]]["difficulty"] == -1]
+    solvable = [t for t in trajs if queries[t["query_id"]]["difficulty"] != -1]
+    rubric = [json.loads(t["parts"]).get("rubric") for t in trajs]
+    rubric = [r for r in rubric if r is not None]
+    return {
+        "episodes": n,
+        "verified_rate": sum(t["verified"] for t in trajs) / n,
+        "mean_reward": sum(t["reward"] for t in trajs) / n,
+        "rubric": sum(rubric) / len(rubric) if rubric else None,
+        "unsolved_accuracy": (sum(UNSOLVED_MARKER in _answer(t["messages"]) for t in out_of_scope)
+                              / len(out_of_scope)) if out_of_scope else None,
+        "false_unsolved_rate": (sum(UNSOLVED_MARKER in _answer(t["messages"]) for t in solvable)
+                                / len(solvable)) if solvable else None,
+        "tool_calls_per_episode": sum(t["num_tool_calls"] for t in trajs) / n,
+        "tool_errors_per_episode": sum(t["num_tool_errors"] for t in trajs) / n,
+    }
+
+
+def evaluate_model(cfg, run_dir: str, name: str, engine: dict, eval_rows: list[dict],
+                   temperature_runs: list[tuple[str, float | None, int]]) -> dict:
+    from stagent_ray.rollout.ray_data import consolidate, rollout_pool
+    from stagent_ray.runio import read_table
+
+    queries = {r["query_id"]: r for r in eval_rows}
+    s = cfg.score
+    result = {"model": name}
+    for mode, temperature, n in temperature_runs:
+        parts = f"eval/parts/{name}_{mode}"
+        rollout_pool(cfg, run_dir, eval_rows, engine, n, parts, s.num_actors, s.cpus_per_actor,
+                     s.batch_size, salt=7, temperature=temperature, desc=f"eval {name} {mode}")
+        rows = consolidate(run_dir, parts, f"eval/{name}_{mode}_queries.parquet",
+                           f"eval/{name}_{mode}_trajectories.parquet")
+        trajs = read_table(run_dir, f"eval/{name}_{mode}_trajectories.parquet")
+        families = sorted({queries[t["query_id"]]["family"] for t in trajs})
+        result[mode] = {
+            "overall": summarise(trajs, queries),
+            "pass_at_k": sum(r["pass_at_k"] for r in rows) / max(1, len(rows)),
+            "by_family": {f: summarise([t for t in trajs
+                                        if queries[t["query_id"]]["family"] == f], queries)
+                          for f in families}}
+    return result
+
+
+def run_eval(cfg, run_dir: str) -> dict:
+    from stagent_ray.runio import exists, read_table, run_path, write_json
+
+    eval_rows = read_table(run_dir, "data/eval.parquet")
+    k = cfg.eval.pass_k
+    summary = {}
+    teacher = evaluate_model(cfg, run_dir, "teacher", asdict(cfg.teacher), eval_rows,
+                             [("sampled", None, 1)])
+    write_json(run_dir, "eval/teacher.json", teacher)
+    summary["teacher"] = {"verified_rate": teacher["sampled"]["overall"]["verified_rate"],
+                          "mean_reward": teacher["sampled"]["overall"]["mean_reward"]}
+    for name in CHECKPOINTS:
+        if not exists(run_dir, f"ckpt/{name}/config.json"):
+            continue
+        engine = {"kind": cfg.policy.kind, "model": run_path(run_dir, f"ckpt/{name}"),
+                  "device": cfg.policy.device, "max_batch_size": cfg.policy.max_batch_size}
+        result = evaluate_model(cfg, run_dir, name, engine, eval_rows,
+                                [("greedy", 0.0, 1), ("sampled", cfg.eval.temperature, k)])
+        write_json(run_dir, f"eval/{name}.json", result)
+        summary[name] = {"verified_rate": result["greedy"]["overall"]["verified_rate"],
+                         "mean_reward": result["greedy"]["overall"]["mean_reward"],
+                         f"pass_at_{k}": result["sampled"]["pass_at_k"]}
+    write_json(run_dir, "eval/summary.json", summary)
+    return summary

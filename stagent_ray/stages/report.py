@@ -1,0 +1,127 @@
+"""Stage `report`: report/index.html with PNG plots, and report/summary.md.
+
+Plots: the pass-count histogram of the Full QA pool (0..N of N), the split counts, the eval
+scores per stage and family, the SFT loss curves and the RL reward curve. Every plot is
+drawn from the run directory's artifacts, so the report can be rebuilt at any time.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from stagent_ray.runio import exists, filesystem, read_json, read_table, run_path  # noqa: E402
+
+
+def _save(fig, run_dir: str, name: str) -> str:
+    fs, _ = filesystem(run_dir)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    path = run_path(run_dir, f"report/{name}")
+    fs.create_dir(run_path(run_dir, "report"), recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(buf.getvalue())
+    return name
+
+
+def _read_jsonl(run_dir: str, relative: str) -> list[dict]:
+    if not exists(run_dir, relative):
+        return []
+    fs, _ = filesystem(run_dir)
+    with fs.open_input_stream(run_path(run_dir, relative)) as f:
+        return [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
+
+
+def run_report(cfg, run_dir: str) -> dict:
+    images, sections = [], []
+
+    if exists(run_dir, "data/full_qa.parquet"):
+        full = read_table(run_dir, "data/full_qa.parquet")
+        n = max(r["n"] for r in full) if full else 0
+        hist = [sum(sum(r["verified"]) == k for r in full) for k in range(n + 1)]
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        ax.bar(range(n + 1), hist, color="#3b7dd8")
+        ax.set(xlabel=f"verified rollouts out of {n}", ylabel="queries",
+               title="Full QA pool: pass counts under πθ0")
+        images.append(("Pass-count histogram", _save(fig, run_dir, "pass_histogram.png")))
+        sections.append(("Full QA pool", f"{len(full)} queries; histogram {hist}"))
+
+    if exists(run_dir, "data/split_report.json"):
+        split = read_json(run_dir, "data/split_report.json")
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        names = list(split["regions"]) + ["recovered", "SFT-1 rows", "RL prompts"]
+        values = list(split["regions"].values()) + [split["noise_recovered_by_teacher"],
+                                                    split["sft1_rows"], split["rl_prompts"]]
+        ax.bar(names, values, color="#5aa469")
+        ax.set(ylabel="queries", title="Certainty split")
+        ax.tick_params(axis="x", rotation=30)
+        images.append(("Split counts", _save(fig, run_dir, "split_counts.png")))
+        sections.append(("Split", json.dumps({k: v for k, v in split.items()
+                                              if k not in ("by_family",)}, indent=1)))
+
+    evals = {}
+    for name in ["teacher", "base", "sft0", "sft1", "rl"]:
+        if exists(run_dir, f"eval/{name}.json"):
+            evals[name] = read_json(run_dir, f"eval/{name}.json")
+    if evals:
+        mode_of = {name: "greedy" if "greedy" in e else "sampled" for name, e in evals.items()}
+        families = sorted({f for name, e in evals.items() for f in e[mode_of[name]]["by_family"]})
+        fig, ax = plt.subplots(figsize=(max(6, len(families) * 0.9), 3.6))
+        width = 0.8 / len(evals)
+        for i, (name, e) in enumerate(evals.items()):
+            by_family = e[mode_of[name]]["by_family"]
+            ax.bar([j + i * width for j in range(len(families))],
+                   [by_family.get(f, {}).get("verified_rate", 0) for f in families], width,
+                   label=name)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(families))], families,
+                      rotation=40, ha="right")
+        ax.set(ylabel="verified rate", title="Held-out eval by family", ylim=(0, 1.05))
+        ax.legend(fontsize=8)
+        images.append(("Eval by family", _save(fig, run_dir, "eval_by_family.png")))
+        rows = [(name, e[mode_of[name]]["overall"]) for name, e in evals.items()]
+        table = "| model | verified | reward | rubric | [Unsolved] acc | calls/ep | errors/ep |\n" \
+                "|---|---|---|---|---|---|---|\n"
+        fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
+        for name, o in rows:
+            table += (f"| {name} | {fmt(o['verified_rate'])} | {fmt(o['mean_reward'])} | "
+                      f"{fmt(o['rubric'])} | {fmt(o['unsolved_accuracy'])} | "
+                      f"{fmt(o['tool_calls_per_episode'])} | {fmt(o['tool_errors_per_episode'])} |\n")
+        sections.append(("Held-out evaluation", table))
+
+    curves = {s: _read_jsonl(run_dir, f"train/{s}_metrics.jsonl") for s in ("sft0", "sft1")}
+    if any(curves.values()):
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        for stage, recs in curves.items():
+            recs = [r for r in recs if "loss" in r]
+            ax.plot([r["step"] for r in recs], [r["loss"] for r in recs], label=stage)
+        ax.set(xlabel="step", ylabel="loss", title="SFT loss")
+        ax.legend()
+        images.append(("SFT loss", _save(fig, run_dir, "sft_loss.png")))
+    rl = [r for r in _read_jsonl(run_dir, "train/rl_metrics.jsonl") if "reward_mean" in r]
+    if rl:
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        ax.plot([r["step"] for r in rl], [r["reward_mean"] for r in rl], color="#d8793b")
+        ax.set(xlabel="step", ylabel="mean reward", title="RL reward")
+        images.append(("RL reward", _save(fig, run_dir, "rl_reward.png")))
+
+    md = "# stagent-ray run report\n\n" + "".join(
+        f"## {title}\n\n{body}\n\n" for title, body in sections) + "".join(
+        f"![{title}]({name})\n\n" for title, name in images)
+    body = "".join(f"<h2>{html.escape(t)}</h2><pre>{html.escape(b)}</pre>" for t, b in sections)
+    body += "".join(f"<h2>{html.escape(t)}</h2><img src='{n}'>" for t, n in images)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>stagent-ray report</title>"
+            f"</head><body style='font-family:sans-serif;max-width:980px;margin:auto'>"
+            f"<h1>stagent-ray run report</h1><p>run_dir: {html.escape(run_dir)}</p>{body}"
+            f"</body></html>")
+    fs, _ = filesystem(run_dir)
+    for name, text in (("summary.md", md), ("index.html", page)):
+        with fs.open_output_stream(run_path(run_dir, f"report/{name}")) as f:
+            f.write(text.encode())
+    return {"plots": [n for _, n in images], "path": run_path(run_dir, "report/index.html")}
