@@ -80,6 +80,7 @@ class AgentConfig:
     max_tokens: int = 1536           # whole trajectory, prompt included
     max_calls_per_turn: int = 1
     system_prompt: str | None = None
+    tool_prompt: str = "full"        # full JSON schemas | compact (names and argument types)
 
 
 @dataclass
@@ -193,6 +194,7 @@ _CHOICES = {
     "teacher.kind": {"hf", "vllm", "openai", "oracle"},
     "policy.kind": {"hf", "vllm", "openai", "oracle"},
     "score.engine": {"actor", "serve"},
+    "agent.tool_prompt": {"full", "compact"},
     "rl.algorithm": {"grpo", "ppo", "gspo"},
 }
 

@@ -12,7 +12,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from stagent_ray.models.chat_format import (DEFAULT_SYSTEM_PROMPT, IM_END, SPECIAL_TOKENS,
-                                            format_tool_call, tools_system_block)
+                                            compact_tool_schemas, format_tool_call,
+                                            tools_system_block)
 
 # Text every tokenizer must cover well, whatever the world holds: digits, dates, times,
 # coordinates and the JSON of tool calls.
@@ -33,7 +34,8 @@ def world_corpus(world_seed: int = 0, n_cities: int = 4, pois_per_city: int = 32
     world = load_world(world_seed, n_cities, pois_per_city, today)
     executor = make_executor(seed=world_seed, n_cities=n_cities,
                              pois_per_city=pois_per_city, today=today)
-    texts = [DEFAULT_SYSTEM_PROMPT, tools_system_block(executor.schemas())]
+    texts = [DEFAULT_SYSTEM_PROMPT, tools_system_block(executor.schemas()),
+             tools_system_block(compact_tool_schemas(executor.schemas()))]
     texts += [json.dumps(s) for s in executor.schemas()]
     texts.append(world.to_json())
     try:  # query texts and oracle trajectories, once the task families exist

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 from stagent_ray.config import AgentConfig
 from stagent_ray.models.chat_format import (DEFAULT_SYSTEM_PROMPT, IM_END, TOOL_CALL_CLOSE,
-                                            ParsedTurn, format_tool_response, parse_assistant_turn,
+                                            ParsedTurn, format_tool_response, prompt_tools, parse_assistant_turn,
                                             render_ids, tool_response_ids)
 from stagent_ray.rollout.engine import SamplingParams, TokenEngine
 
@@ -98,7 +98,8 @@ async def run_episodes_async(engine, executor, queries, sampling: SamplingParams
     trajs = []
     for query_id, text in queries:
         messages = initial_messages(text, agent.system_prompt)
-        ids, _ = render_ids(tok, messages, schemas, add_generation_prompt=True)
+        ids, _ = render_ids(tok, messages, prompt_tools(schemas, agent.tool_prompt),
+                            add_generation_prompt=True)
         trajs.append(Trajectory(query_id, messages, len(ids), ids, [0.0] * len(ids),
                                 [0] * len(ids)))
 
@@ -192,7 +193,8 @@ async def _run_message_episodes(engine, executor, queries, agent, seeds, tokeniz
         running = [i for i in running if not trajs[i].stop_reason]
     if tokenizer is not None:
         for t in trajs:
-            t.token_ids, t.loss_mask = render_ids(tokenizer, t.messages, schemas)
+            t.token_ids, t.loss_mask = render_ids(tokenizer, t.messages,
+                                                  prompt_tools(schemas, agent.tool_prompt))
             t.logprobs = [0.0] * len(t.token_ids)
             t.prompt_len = t.loss_mask.index(1) if 1 in t.loss_mask else len(t.loss_mask)
     return trajs
