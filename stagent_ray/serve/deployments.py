@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 from dataclasses import asdict
 
 from ray import serve
@@ -129,8 +130,14 @@ def deploy_policy(model_path: str, engine_cfg, serve_cfg, name: str = "policy",
         return serve.get_deployment_handle("Policy", app_name=name)
     from stagent_ray.serve.ingress import OpenAIIngress
 
+    # The key is read here, in the driver: replicas do not see the driver's environment.
+    api_key = None
+    if serve_cfg.api_key_env:
+        api_key = os.environ.get(serve_cfg.api_key_env)
+        if not api_key:
+            raise ValueError(f"serve.api_key_env names {serve_cfg.api_key_env}, which is not set")
     app = OpenAIIngress.options(ray_actor_options={"num_cpus": 0.1}).bind(
-        policy, model_path, model_name, serve_cfg.api_key_env)
+        policy, model_path, model_name, api_key)
     serve.run(app, name=name, route_prefix="/")
     return serve.get_deployment_handle("Policy", app_name=name)
 

@@ -2,13 +2,11 @@
 
 Requests may carry `tools`; a generated `<tool_call>` block comes back as OpenAI
 `tool_calls` with `finish_reason: "tool_calls"`, so any OpenAI client can drive the agent.
-When `api_key_env` names a set environment variable, requests must send that key.
+With an `api_key`, requests must send it as `Authorization: Bearer <key>`.
 """
 
-from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 import uuid
@@ -26,13 +24,13 @@ app = FastAPI()
 @serve.ingress(app)
 class OpenAIIngress:
     def __init__(self, policy, model_path: str, model_name: str = "stagent",
-                 api_key_env: str | None = None, max_new_tokens: int = 512):
+                 api_key=None, max_new_tokens: int = 512):
         from stagent_ray.models.build import load_tokenizer
 
         self.policy, self.model_name = policy, model_name
         self.tokenizer = load_tokenizer(model_path)
         self.im_end = self.tokenizer.convert_tokens_to_ids(IM_END)
-        self.api_key = os.environ.get(api_key_env) if api_key_env else None
+        self.api_key = api_key or None
         self.max_new_tokens = max_new_tokens
 
     def _check_key(self, request: Request) -> None:
