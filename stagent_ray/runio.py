@@ -98,19 +98,10 @@ def exists(run_dir: str, relative: str) -> bool:
 # Query records travel through Parquet with their free-form parts as JSON text, so the
 # schema stays fixed whatever a family puts in params or ground truth.
 def query_to_row(query) -> dict:
-    d = query.to_dict()
-    return {"query_id": d["query_id"], "family": d["family"],
-            "intent_l1": d["intent"][0], "intent_l2": d["intent"][1],
-            "difficulty": int(d["difficulty"]), "text": d["text"], "city": d.get("city") or "",
-            "params": json.dumps(d.get("params", {}), sort_keys=True),
-            "ground_truth": json.dumps(d.get("ground_truth", {}), sort_keys=True)}
+    return query.to_row()
 
 
 def row_to_query(row: dict):
-    from stagent_ray.tasks.families import Query
+    from stagent_ray.tasks.query import Query
 
-    return Query.from_dict({"query_id": row["query_id"], "family": row["family"],
-                            "intent": [row["intent_l1"], row["intent_l2"]],
-                            "difficulty": row["difficulty"], "text": row["text"],
-                            "city": row["city"] or None, "params": json.loads(row["params"]),
-                            "ground_truth": json.loads(row["ground_truth"])})
+    return Query.from_dict(row)

@@ -35,7 +35,7 @@ class OracleEngine(MessageEngine):
 
         return [oracle_next_turn(q, [m for m in msgs if m["role"] != "system"],
                                  noise=self.noise, seed=seed)
-                for q, msgs in zip(queries, conversations)]
+                for q, msgs, seed in zip(queries, conversations, seeds)]
 
 
 def to_openai_messages(messages: list[dict]) -> list[dict]:

@@ -80,7 +80,7 @@ class Teacher:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def chat_one(self, requests: list[tuple[dict, list[dict], int]]) -> list[str]:
-        from stagent_ray.tasks.families import Query
+        from stagent_ray.tasks.query import Query
 
         queries = [Query.from_dict(q) for q, _, _ in requests]
         return await asyncio.to_thread(self.engine.chat, queries, [m for _, m, _ in requests],

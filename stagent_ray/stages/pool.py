@@ -131,7 +131,7 @@ def curate(queries: list, pool_cfg, seed: int = 0) -> tuple[list, dict]:
     queries = [queries[i] for i in keep]
     counts["lexical_dedup"] = len(queries)
     vectors = embed([q.text for q in queries], pool_cfg.embedder)
-    keep = semantic_dedup(vectors, ["/".join(q.intent) for q in queries],
+    keep = semantic_dedup(vectors, [f"{q.intent['level1']}/{q.intent['level2']}" for q in queries],
                           pool_cfg.semantic_threshold)
     queries, vectors = [queries[i] for i in keep], vectors[keep]
     counts["semantic_dedup"] = len(queries)
