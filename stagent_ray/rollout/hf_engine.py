@@ -1,0 +1,339 @@
+"""HFEngine: token-in/token-out generation on any Hugging Face causal LM, with its own decode loop.
+
+Why not `model.generate`: it runs a static batch until its longest row ends (rollouts of very
+different lengths leave most of the batch idle), it pays logits-processor and stopping-criteria
+overhead and a host sync every step, and it does not return log-probs by our convention.
+
+The layout: one KV cache of `slots` rows × `capacity` columns, and one shared write column `col`.
+
+    column:   0 ............................. col ......... capacity
+    row 0:    [pad pad | prompt a    | gen a ]  ^ every row writes its newest token here
+    row 1:    [stale ......| prompt e | gen e]     (refilled: new prompt right-aligned at col)
+
+- A decode step feeds each row's newest token and writes its keys/values at column `col` for all
+  rows at once: one batched forward with static shapes (what CUDA graphs need).
+- Each row has its own RoPE position ids (a refilled row restarts at 0) and its own additive mask
+  over the columns, which hides left padding and what a finished row left behind.
+- A finished row is refilled at once with the next waiting prompt: the prompt is prefilled apart
+  from the batch (with any other prompts refilled at the same step) and written at columns
+  [col - len, col) of that row, so it lines up with the others.
+- When `col` reaches `capacity`, every row shifts left by the columns no live row uses. RoPE is
+  applied before keys are cached, so moving cached keys to other columns changes nothing.
+
+Log-probs follow `engine.py`: log_softmax(logits / temperature) at the sampled token, before
+top-k/top-p truncation; temperature 0 is greedy, scored at temperature 1.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from stagent_ray.models.build import DTYPES
+from stagent_ray.rollout.engine import Generation, SamplingParams, TokenEngine
+
+
+class SlotKVCache:
+    """Preallocated keys/values, one [slots, kv_heads, capacity, head_dim] tensor per layer.
+
+    Given explicit position ids and a 4D mask, HF models (Qwen3, Qwen2, Llama checked) call only
+    `update(key_states, value_states, layer_idx)` on their cache, so this duck-types a
+    `transformers` Cache without depending on its internals (which change between releases).
+    Two modes:
+    - prefill (`prefill_rows` set): the new prompts of some rows, written at columns
+      [prefill_end - len, prefill_end) of those rows; they attend only to themselves.
+    - decode: every row writes one token at column `write_col`; attention reads columns `window`.
+    """
+
+    def __init__(self, slots: int, capacity: int, dtype: torch.dtype, device):
+        self.slots, self.capacity = slots, capacity
+        self.keys: dict[int, torch.Tensor] = {}    # allocated at the first prefill: the model's own
+        self.values: dict[int, torch.Tensor] = {}  # key states tell us kv heads and head dim
+        self.write_col = torch.zeros(1, dtype=torch.long, device=device)
+        # additive mask over the columns: 0 where a row may attend, dtype-min elsewhere (a finite
+        # minimum, not -inf, so a fully masked padding query never turns into NaN)
+        self.mask = torch.full((slots, 1, 1, capacity), torch.finfo(dtype).min, dtype=dtype,
+                               device=device)
+        self.prefill_rows: torch.Tensor | None = None
+        self.prefill_end = 0
+        self.window = (0, capacity)
+        if torch.device(device).type == "cuda":
+            # CUDA graphs replay fixed addresses: tensors mutated outside the graph must stay put
+            torch._dynamo.mark_static_address(self.write_col)
+            torch._dynamo.mark_static_address(self.mask)
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        if layer_idx not in self.keys:
+            for store, states in ((self.keys, key_states), (self.values, value_states)):
+                shape = (self.slots, states.shape[1], self.capacity, states.shape[3])
+                store[layer_idx] = torch.zeros(shape, dtype=states.dtype, device=states.device)
+                if states.is_cuda:
+                    torch._dynamo.mark_static_address(store[layer_idx])
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        if self.prefill_rows is not None:
+            start = self.prefill_end - key_states.shape[2]
+            keys[self.prefill_rows, :, start:self.prefill_end] = key_states
+            values[self.prefill_rows, :, start:self.prefill_end] = value_states
+            return key_states, value_states
+        keys.index_copy_(2, self.write_col, key_states)
+        values.index_copy_(2, self.write_col, value_states)
+        lo, hi = self.window
+        return keys[:, :, lo:hi], values[:, :, lo:hi]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        # Not called by transformers 5.20 when position ids and a 4D mask are given. Older 5.x
+        # releases (the GPU machine has 5.17) may derive an unused `cache_position` from it.
+        return 0
+
+    def shift_left(self, shift: int, end: int) -> None:
+        """Move columns [shift, end) to [0, end - shift) in every row; clear the mask after."""
+        for t in (*self.keys.values(), *self.values.values()):  # [slots, heads, capacity, dim]
+            t[:, :, :end - shift] = t[:, :, shift:end].clone()  # clone: the ranges overlap
+        self.mask[..., :end - shift] = self.mask[..., shift:end].clone()
+        self.mask[..., end - shift:] = torch.finfo(self.mask.dtype).min
+
+
+def sample_tokens(logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator):
+    """logits [rows, vocab] -> (token ids [rows], their log-probs [rows]), engine convention."""
+    logits = logits.float()
+    if sampling.temperature <= 0:
+        tokens = logits.argmax(-1)
+        return tokens, torch.log_softmax(logits, -1).gather(-1, tokens[:, None])[:, 0]
+    logits = logits / sampling.temperature
+    logprobs = torch.log_softmax(logits, -1)  # scored before any truncation
+    if 0 < sampling.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, sampling.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # drop a token once the tokens ranked above it hold top_p (the top token always stays)
+        drop = probs.cumsum(-1) - probs >= sampling.top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(-1)
+    # argmax(p / E) with E ~ Exp(1) draws from p (the exponential form of Gumbel-max). Unlike
+    # torch.multinomial it never waits on the device. E = -log(U) is 5x faster than exponential_
+    # on CPU; the clamp keeps E finite when rand gives exactly 0, so a kept token always wins.
+    noise = torch.rand(probs.shape, generator=generator, device=probs.device)
+    noise = noise.clamp_(min=1e-30).log_().neg_()
+    tokens = (probs / noise).argmax(-1)
+    return tokens, logprobs.gather(-1, tokens[:, None])[:, 0]
+
+
+class HFEngine(TokenEngine):
+    """Continuous-batching generation on a Hugging Face causal LM (CPU or one GPU).
+
+    `model_path_or_model`: a checkpoint directory / hub id (loaded with `dtype`, tokenizer loaded
+    from the same place) or a model object (used in its own dtype, moved to `device`).
+    `compile` (default: on for CUDA): the decode step runs under torch.compile with CUDA graphs
+    ("reduce-overhead") and every call uses all `max_batch_size` slots, so shapes never change.
+    One `generate` at a time: the KV cache is shared state (Serve replicas call it serially).
+    """
+
+    def __init__(self, model_path_or_model, tokenizer=None, device: str = "auto",
+                 dtype: str = "float32", max_batch_size: int = 16, compile: bool | None = None):
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if isinstance(model_path_or_model, (str, os.PathLike)):
+            from transformers import AutoModelForCausalLM
+
+            from stagent_ray.models.build import load_tokenizer
+            path = str(model_path_or_model)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+            tokenizer = tokenizer if tokenizer is not None else load_tokenizer(path)
+        else:
+            model = model_path_or_model
+        model = model.to(device).eval()
+        layer_types = set(getattr(model.config, "layer_types", None) or ["full_attention"])
+        if layer_types != {"full_attention"}:
+            raise ValueError(f"HFEngine masks every layer as full attention; this model has "
+                             f"{sorted(layer_types)} layers")
+        if model.config._attn_implementation not in ("sdpa", "eager"):
+            # our decode step passes its own 4D additive mask, which flash kernels do not take
+            model.set_attn_implementation("sdpa")
+        self.model, self.tokenizer = model, tokenizer
+        self.device = torch.device(device)
+        self.dtype = next(model.parameters()).dtype
+        self.max_batch_size = max_batch_size
+        on_cuda = self.device.type == "cuda"
+        self.compile = on_cuda if compile is None else compile
+        # A stop check reads a flag from the device. On CPU that is free, and checking every step
+        # means a finished row is refilled at once; on GPU it would stall the host each step, so
+        # rows run a few extra (discarded) steps between checks.
+        self.stop_check_every = 8 if on_cuda else 1
+        self._cache: SlotKVCache | None = None
+        self._decode_logits = self._decode_forward
+        if self.compile:
+            self._decode_logits = torch.compile(self._decode_forward, mode="reduce-overhead",
+                                                dynamic=False)
+        self.last_stats: dict = {}  # decode steps, prefills, compactions of the last generate()
+
+    def _decode_forward(self, input_ids, position_ids, attention_mask):
+        out = self.model(input_ids=input_ids, position_ids=position_ids,
+                         attention_mask=attention_mask, past_key_values=self._cache, use_cache=True)
+        return out.logits[:, -1]
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Generation]:
+        n, max_new = len(prompts), sampling.max_new_tokens
+        if n == 0:
+            return []
+        if max_new <= 0:
+            return [Generation([], [], "length") for _ in prompts]
+        if min(map(len, prompts)) == 0:
+            raise ValueError("every prompt needs at least one token")
+        dev, min_value = self.device, torch.finfo(self.dtype).min
+        slots = self.max_batch_size if self.compile else min(self.max_batch_size, n)
+        longest = max(map(len, prompts))
+        # Room for the longest prompt plus max_new tokens; when rows get refilled, max_new more
+        # columns so that each compaction frees at least max_new of them (see below).
+        capacity = longest + max_new + (max_new if n > slots else 0)
+        cache = self._cache
+        if cache is None or cache.slots != slots or cache.capacity < capacity:
+            if self.compile:  # round up so a compiled graph serves many calls
+                capacity = -(-capacity // 512) * 512
+            cache = self._cache = SlotKVCache(slots, capacity, self.dtype, dev)
+        cache.mask.fill_(min_value)
+        cache.prefill_rows = None  # in case an earlier call was interrupted mid-prefill
+        if self.compile:
+            cache.window = (0, cache.capacity)
+
+        seed = sampling.seed if sampling.seed is not None else int(torch.randint(2**62, ()).item())
+        generator = torch.Generator(device=dev)
+        generator.manual_seed(seed)
+        stop_ids = torch.tensor(sampling.stop_token_ids or [-1], device=dev)
+        stop_set = set(sampling.stop_token_ids)
+
+        # Per-row device state. `tokens` holds each row's newest sampled token, whose keys and
+        # values are not cached yet: the next decode step feeds it.
+        tokens = torch.zeros(slots, dtype=torch.long, device=dev)
+        positions = torch.zeros(slots, dtype=torch.long, device=dev)  # RoPE position of `tokens`
+        n_sampled = torch.zeros(slots, dtype=torch.long, device=dev)
+        out_tokens = torch.zeros(slots, max_new, dtype=torch.long, device=dev)
+        out_logprobs = torch.zeros(slots, max_new, dtype=torch.float32, device=dev)
+        stopped = torch.zeros(slots, dtype=torch.bool, device=dev)
+        # Per-row host state (known without asking the device).
+        request = [-1] * slots   # prompt index a row serves, -1 when free
+        count = [0] * slots      # tokens sampled so far
+        start = [0] * slots      # first cache column of the row's prompt
+
+        results: list[Generation | None] = [None] * n
+        next_prompt, col = 0, longest  # col >= longest always, so any prompt fits left of it
+        steps = prefills = compactions = since_check = 0
+        must_check = False
+        while True:
+            # 1. Fill free rows with waiting prompts (the first pass fills the whole batch).
+            free = [r for r in range(slots) if request[r] < 0][:n - next_prompt]
+            if free:
+                batch = prompts[next_prompt:next_prompt + len(free)]
+                width = max(map(len, batch))
+                ids = torch.zeros(len(batch), width, dtype=torch.long)
+                keep = torch.zeros(len(batch), width, dtype=torch.bool)
+                for i, p in enumerate(batch):  # left padding: every prompt ends at column `col`
+                    ids[i, width - len(p):] = torch.tensor(p)
+                    keep[i, width - len(p):] = True
+                ids, keep = ids.to(dev), keep.to(dev)
+                causal = torch.ones(width, width, dtype=torch.bool, device=dev).tril()
+                allowed = (causal & keep[:, None, :])[:, None]  # [rows, 1, query, key]
+                prefill_mask = torch.zeros(allowed.shape, dtype=self.dtype, device=dev)
+                prefill_mask.masked_fill_(~allowed, min_value)
+                rows = torch.tensor(free, device=dev)
+                cache.prefill_rows, cache.prefill_end = rows, col
+                logits = self.model(input_ids=ids, attention_mask=prefill_mask,
+                                    position_ids=(keep.long().cumsum(-1) - 1).clamp(min=0),
+                                    past_key_values=cache, use_cache=True,
+                                    logits_to_keep=1).logits[:, -1]
+                cache.prefill_rows = None
+                cache.mask[rows] = min_value
+                cache.mask[rows, 0, 0, col - width:col] = prefill_mask[:, 0, -1]
+                tok, logp = sample_tokens(logits, sampling, generator)
+                tokens[rows], out_tokens[rows, 0], out_logprobs[rows, 0] = tok, tok, logp
+                positions[rows] = keep.sum(-1)
+                n_sampled[rows] = 1
+                stopped[rows] = torch.isin(tok, stop_ids)
+                for r, p in zip(free, batch):
+                    request[r], count[r], start[r] = next_prompt, 1, col - len(p)
+                    next_prompt += 1
+                prefills += 1
+                must_check = True  # a first token may already be a stop, or max_new may be 1
+
+            live = [r for r in range(slots) if request[r] >= 0]
+            if not live:
+                break
+
+            # 2. Hand back finished rows (a stop id sampled, or max_new reached), then refill.
+            if must_check or since_check >= self.stop_check_every or \
+                    max(count[r] for r in live) >= max_new:
+                must_check, since_check = False, 0
+                stopped_host = stopped.tolist()
+                done = [r for r in live if stopped_host[r] or count[r] >= max_new]
+                if done:
+                    done_tokens = out_tokens[done].tolist()
+                    done_logprobs = out_logprobs[done].tolist()
+                    for r, toks, lps in zip(done, done_tokens, done_logprobs):
+                        toks, lps = toks[:min(count[r], max_new)], lps[:min(count[r], max_new)]
+                        # on GPU a row may have run past its stop before this check: cut there
+                        end = next((i + 1 for i, t in enumerate(toks) if t in stop_set), None)
+                        reason = "length" if end is None else "stop"
+                        results[request[r]] = Generation(toks[:end], lps[:end], reason)
+                        request[r] = -1
+                    continue
+
+            # 3. One decode step for the whole batch.
+            if col == cache.capacity:
+                # Compaction. A live row has at most longest + max_new - 1 columns, so with the
+                # capacity above, shift >= max_new; keeping col >= longest keeps prompts fitting.
+                shift = min(min(start[r] for r in live), col - longest)
+                assert shift > 0, (shift, col, longest)
+                cache.shift_left(shift, col)
+                col -= shift
+                start = [s - shift for s in start]
+                compactions += 1
+            cache.mask[:, 0, 0, col] = 0.0  # every row's newest token goes to column col
+            cache.write_col.fill_(col)
+            if not self.compile:  # CPU: attend over the live columns only
+                cache.window = (min(start[r] for r in live), col + 1)
+            lo, hi = cache.window
+            if self.compile:  # we are done with the previous replay's outputs
+                torch.compiler.cudagraph_mark_step_begin()
+            mask = cache.mask if self.compile else cache.mask[..., lo:hi]
+            logits = self._decode_logits(tokens[:, None], positions[:, None], mask)
+            tok, logp = sample_tokens(logits, sampling, generator)
+            # Live rows are below max_new here (the check above hands back any row that reached
+            # it); free rows keep stepping with ignored outputs, and the clamp keeps their writes
+            # inside the buffer.
+            index = n_sampled.clamp(max=max_new - 1)[:, None]
+            out_tokens.scatter_(1, index, tok[:, None])
+            out_logprobs.scatter_(1, index, logp[:, None])
+            stopped |= torch.isin(tok, stop_ids)
+            tokens.copy_(tok)
+            positions += 1
+            n_sampled += 1
+            for r in live:
+                count[r] += 1
+            col += 1
+            steps += 1
+            since_check += 1
+
+        self.last_stats = {"decode_steps": steps, "prefills": prefills,
+                           "compactions": compactions, "slots": slots,
+                           "generated_tokens": sum(len(g.token_ids) for g in results)}
+        return results
+
+    @torch.inference_mode()
+    def load_weights(self, path_or_state_dict) -> None:
+        """Copy new weights into the model in place (keeps tensor addresses, so compiled CUDA
+        graphs stay valid). A path is read with `from_pretrained`, which handles shards and
+        formats; tied weights (lm_head = embeddings) may be absent from the state dict."""
+        state = path_or_state_dict
+        if isinstance(state, (str, os.PathLike)):
+            from transformers import AutoModelForCausalLM
+            state = AutoModelForCausalLM.from_pretrained(str(state), dtype=self.dtype).state_dict()
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        current = self.model.state_dict()
+        loaded = {current[k].data_ptr() for k in state if k in current}
+        missing = [k for k in missing if current[k].data_ptr() not in loaded]
+        if missing or unexpected:
+            raise ValueError(f"state dict does not fit the model: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
