@@ -80,6 +80,9 @@ def test_policy_batches_concurrent_requests_and_reloads(ray_session, serve_port,
 
     # New weights: reload while a request is in flight; both complete.
     new_model = build_tiny_model(ModelConfig(), tok, seed=123)
+    with torch.no_grad():  # larger weights than the default init, so greedy output differs
+        for p in new_model.parameters():
+            p.normal_(0.0, 0.2)
     new_path = str(tmp_path / "v1")
     save_checkpoint(new_model, tok, new_path)
     inflight = handle.generate_one.remote((prompts[0], {"temperature": 0.0, "max_new_tokens": 6,
@@ -91,6 +94,7 @@ def test_policy_batches_concurrent_requests_and_reloads(ray_session, serve_port,
     after = client.generate(prompts[:2], greedy)
     expected = HFEngine(new_path, device="cpu").generate(prompts[:2], greedy)
     assert [o.token_ids for o in after] == [g.token_ids for g in expected]
+    assert [o.token_ids for o in after] != [o.token_ids for o in outs[:2]]
     assert client.last_version == 1
     serve.delete("policy_t")
 
