@@ -152,11 +152,31 @@ class RLConfig:
     steps: int = 20
     prompts_per_step: int = 4
     group_size: int = 8
+    temperature: float = 1.0
     lr: float = 1e-5
-    kl_coef: float = 0.0
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    mini_batches: int = 2            # optimizer steps per RL step (>1 makes clipping matter)
+    micro_batch_size: int = 4        # sequences per forward/backward on one worker
     clip_low: float = 0.2
     clip_high: float = 0.28
+    gspo_clip_low: float = 3e-4
+    gspo_clip_high: float = 4e-4
+    normalize_std: bool = True       # GRPO: divide by the group std (off = Dr. GRPO)
+    loss_agg: str = "token-mean"     # token-mean | seq-mean-token-mean | seq-mean-token-sum
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"         # k1 | k3
+    entropy_coef: float = 0.0
+    vf_coef: float = 0.5             # PPO value loss weight
+    gamma: float = 1.0
+    lam: float = 0.95
+    critic_lr: float = 1e-4
+    dynamic_sampling: bool = True    # drop groups whose rewards are all equal, refill
+    max_refill_rounds: int = 2
+    rollout_engine: str = "inprocess"  # inprocess: an engine in each trainer worker | serve
     num_workers: int = 2
+    checkpoint_every: int = 10
+    log_every: int = 1
 
 
 @dataclass
@@ -195,6 +215,9 @@ _CHOICES = {
     "policy.kind": {"hf", "vllm", "openai", "oracle"},
     "score.engine": {"actor", "serve"},
     "agent.tool_prompt": {"full", "compact"},
+    "rl.loss_agg": {"token-mean", "seq-mean-token-mean", "seq-mean-token-sum"},
+    "rl.kl_estimator": {"k1", "k3"},
+    "rl.rollout_engine": {"inprocess", "serve"},
     "rl.algorithm": {"grpo", "ppo", "gspo"},
 }
 
@@ -279,7 +302,8 @@ def validate(cfg: Config) -> Config:
         if value not in allowed:
             raise ConfigError(f"{dotted}: {value!r} is not one of {sorted(allowed)}")
     positive = ["score.n_rollouts", "score.num_actors", "rl.group_size", "rl.steps",
-                "sft0.batch_size", "sft1.batch_size", "sft0.seq_len", "sft1.seq_len",
+                "sft0.batch_size", "sft1.batch_size", "rl.prompts_per_step", "rl.mini_batches",
+                "rl.micro_batch_size", "rl.num_workers", "sft0.seq_len", "sft1.seq_len",
                 "agent.max_turns", "agent.max_tokens", "serve.replicas", "model.num_layers"]
     for dotted in positive:
         section, name = dotted.split(".")
