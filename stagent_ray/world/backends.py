@@ -239,16 +239,18 @@ class ToolExecutor:
 
 def make_executor(backend: str = "world", seed: int = 0, n_cities: int = 4, pois_per_city: int = 320,
                   today: str = "2026-06-01", replay_path: str | None = None, http_url: str | None = None,
-                  cache_size: int = 4096, timeout_s: float = 10.0, record_path: str | None = None) -> ToolExecutor:
+                  cache_size: int = 4096, timeout_s: float = 10.0, record_path: str | None = None,
+                  mcp_servers: list[dict] | None = None) -> ToolExecutor:
     """Build an executor from plain config (what Ray actors receive).
 
     backend: "world" (seeded world, cached per process by load_world), "replay" (needs
-    replay_path) or "http" (needs http_url). record_path: also append every answered call to
+    replay_path), "http" (needs http_url) or "mcp" (needs mcp_servers: server spec dicts, see
+    world/mcp_client.py). record_path: also append every answered call to
     this JSONL file, for later replay.
     """
     config = dict(backend=backend, seed=seed, n_cities=n_cities, pois_per_city=pois_per_city, today=today,
                   replay_path=replay_path, http_url=http_url, cache_size=cache_size, timeout_s=timeout_s,
-                  record_path=record_path)
+                  record_path=record_path, mcp_servers=mcp_servers)
     if backend == "world":
         inner: ToolBackend = WorldBackend(load_world(seed, n_cities, pois_per_city, today))
     elif backend == "replay":
@@ -259,8 +261,14 @@ def make_executor(backend: str = "world", seed: int = 0, n_cities: int = 4, pois
         if not http_url:
             raise ValueError("backend 'http' needs http_url")
         inner = HttpBackend(http_url, timeout_s=timeout_s)
+    elif backend == "mcp":
+        if not mcp_servers:
+            raise ValueError("backend 'mcp' needs mcp_servers")
+        from stagent_ray.world.mcp_client import McpBackend  # imports the mcp SDK only when used
+
+        inner = McpBackend(mcp_servers, timeout_s=timeout_s)
     else:
-        raise ValueError(f"unknown tool backend {backend!r} (world, replay, http)")
+        raise ValueError(f"unknown tool backend {backend!r} (world, replay, http, mcp)")
     if record_path:
         inner = RecordingBackend(inner, record_path)
     return ToolExecutor(inner, cache_size=cache_size, timeout_s=timeout_s, config=config)

@@ -140,6 +140,8 @@ TOOL_NAMES = tuple(SCHEMA_BY_NAME)
 
 def _check_value(path: str, value, spec: dict):
     """Return (normalised value, None) or (None, error dict) for one argument value."""
+    if not isinstance(spec, dict):  # `true` / foreign schemas (MCP servers): accept as is
+        return value, None
     kind = spec.get("type")
     if kind == "string":
         if not isinstance(value, str):
@@ -188,7 +190,7 @@ def _check_value(path: str, value, spec: dict):
                                     f"{spec.get('maxItems', 'any number of')} items, got {len(value)}")
         out = []
         for i, item in enumerate(value):
-            item, err = _check_value(f"{path}[{i}]", item, spec["items"])
+            item, err = _check_value(f"{path}[{i}]", item, spec.get("items", {}))
             if err:
                 return None, err
             out.append(item)
