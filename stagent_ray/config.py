@@ -33,9 +33,10 @@ class WorldConfig:
     n_cities: int = 4
     pois_per_city: int = 320
     today: str = "2026-06-01"
-    backend: str = "world"           # world | replay | http
+    backend: str = "world"           # world | replay | http | mcp
     replay_path: str | None = None
     http_url: str | None = None
+    mcp_servers: list = field(default_factory=list)  # MCP server specs (world/mcp_client.py)
     cache_size: int = 4096
     tool_timeout_s: float = 10.0
 
@@ -186,6 +187,27 @@ class EvalConfig:
 
 
 @dataclass
+class RewardConfig:
+    """How trajectories are graded: the world's verifier + rubric, an LLM judge, or both."""
+    kind: str = "verifier"           # verifier | judge | both
+    judge_base_url: str | None = None
+    judge_model: str = "judge"
+    judge_api_key_env: str | None = None
+    judge_concurrency: int = 8
+    judge_retries: int = 4
+    judge_timeout_s: float = 60.0
+    judge_weight: float = 0.5        # kind=both: weight of the judge in the value
+    judge_pass_threshold: float = 0.8  # kind=judge: a value at or above counts as a pass
+
+
+@dataclass
+class LogConfig:
+    kind: str = "jsonl"              # none | jsonl | tensorboard | wandb | mlflow
+    project: str = "stagent-ray"
+    run_name: str | None = None
+
+
+@dataclass
 class Config:
     run_dir: str = "runs/tiny"
     seed: int = 0
@@ -205,11 +227,15 @@ class Config:
     sft1: SFTConfig = field(default_factory=SFTConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 # Values that must lie in a range; checked after every load.
 _CHOICES = {
-    "world.backend": {"world", "replay", "http"},
+    "world.backend": {"world", "replay", "http", "mcp"},
+    "reward.kind": {"verifier", "judge", "both"},
+    "log.kind": {"none", "jsonl", "tensorboard", "wandb", "mlflow"},
     "model.dtype": {"float32", "bfloat16", "float16"},
     "teacher.kind": {"hf", "vllm", "openai", "oracle"},
     "policy.kind": {"hf", "vllm", "openai", "oracle"},
@@ -310,11 +336,16 @@ def validate(cfg: Config) -> Config:
         if getattr(getattr(cfg, section), name) <= 0:
             raise ConfigError(f"{dotted}: must be > 0")
     for dotted in ["tiny_qa.fraction", "split.certain_threshold", "split.keep_trivial_fraction",
-                   "teacher.noise", "policy.noise"]:
+                   "teacher.noise", "policy.noise", "reward.judge_weight",
+                   "reward.judge_pass_threshold"]:
         section, name = dotted.split(".")
         value = getattr(getattr(cfg, section), name)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"{dotted}: {value} is outside [0, 1]")
+    if cfg.world.backend == "mcp" and not cfg.world.mcp_servers:
+        raise ConfigError("world.mcp_servers: backend 'mcp' needs at least one server spec")
+    if cfg.reward.kind != "verifier" and not cfg.reward.judge_base_url:
+        raise ConfigError(f"reward.judge_base_url: reward.kind={cfg.reward.kind!r} needs a judge")
     return cfg
 
 

@@ -15,6 +15,7 @@ import sys
 import time
 
 from stagent_ray.config import Config, config_to_dict
+from stagent_ray.loggers import emit_dashboard_metrics, make_logger
 from stagent_ray.runio import RunDirError, exists, read_json, run_path, write_json
 
 STAGES = ["pool", "tiny_qa", "sft0", "score", "split", "sft1", "rl", "eval", "report"]
@@ -120,7 +121,17 @@ def run_pipeline(cfg: Config, stages: list[str] | None = None, from_stage: str |
     init_ray(cfg.ray)
     manifest = load_manifest(cfg)
     write_json(cfg.run_dir, "manifest.json", manifest)
-    forced = set(chosen) if (stages or from_stage) else set()
+    logger = make_logger(cfg.log.kind, cfg.run_dir, cfg.log.project, cfg.log.run_name,
+                         config_to_dict(cfg))
+    try:
+        return _run_stages(cfg, chosen, manifest, logger, bool(stages or from_stage), log)
+    finally:
+        logger.close()
+
+
+def _run_stages(cfg: Config, chosen: list[str], manifest: dict, logger, forced_run: bool,
+                log) -> int:
+    forced = set(chosen) if forced_run else set()
     for stage in chosen:
         if stage not in forced and stage_done(cfg, manifest, stage):
             log(f"[{stage}] complete, skipped")
@@ -131,11 +142,6 @@ def run_pipeline(cfg: Config, stages: list[str] | None = None, from_stage: str |
         write_json(cfg.run_dir, "manifest.json", manifest)
         try:
             metrics = run_stage(cfg, stage)
-        except ModuleNotFoundError as exc:
-            entry["status"] = "not_built"
-            write_json(cfg.run_dir, "manifest.json", manifest)
-            log(f"[{stage}] is not built yet ({exc.name}); stopping here")
-            return 3
         except (RunDirError, ValueError) as exc:
             entry.update(status="failed", error=str(exc))
             write_json(cfg.run_dir, "manifest.json", manifest)
@@ -145,6 +151,9 @@ def run_pipeline(cfg: Config, stages: list[str] | None = None, from_stage: str |
                      seconds=time.time() - entry["started"],
                      artifacts=[run_path(cfg.run_dir, a) for a in ARTIFACTS[stage]])
         write_json(cfg.run_dir, "manifest.json", manifest)  # completion is recorded last
+        emit_dashboard_metrics(stage, metrics or {})
+        logger.log({f"{stage}/{k}": v for k, v in (metrics or {}).items()},
+                   step=STAGES.index(stage))
         log(f"[{stage}] complete in {entry['seconds']:.1f}s")
     if exists(cfg.run_dir, "report/index.html"):
         log(f"report: {run_path(cfg.run_dir, 'report/index.html')}")

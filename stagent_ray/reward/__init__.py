@@ -1,5 +1,35 @@
-"""Scoring trajectories: verified check against ground truth, rubric, hallucination veto."""
+"""Scoring trajectories: verified check against ground truth, rubric, hallucination veto,
+and an optional LLM judge (reward.kind: verifier | judge | both)."""
+
+from dataclasses import replace
 
 from stagent_ray.reward.score import Score, score_trajectory
 
-__all__ = ["Score", "score_trajectory"]
+__all__ = ["Score", "score_trajectory", "make_scorer"]
+
+
+def make_scorer(reward_cfg):
+    """A `score(query, messages) -> Score` function for the configured reward.
+
+    judge: the LLM judge's value; with no ground truth, a value at or above
+    `judge_pass_threshold` counts as verified, so the certainty split still has passes to
+    count. both: the judge and the verifier combined; verified comes from the verifier.
+    """
+    if reward_cfg.kind == "verifier":
+        return score_trajectory
+    from stagent_ray.reward.judge import LLMJudge, combined_score
+    from stagent_ray.tasks.taxonomy import task_type
+
+    judge = LLMJudge(reward_cfg.judge_base_url, reward_cfg.judge_model,
+                     reward_cfg.judge_api_key_env, reward_cfg.judge_concurrency,
+                     reward_cfg.judge_retries, reward_cfg.judge_timeout_s)
+
+    def score(query, messages) -> Score:
+        intent = query.intent if hasattr(query, "intent") else query["intent"]
+        text = query.text if hasattr(query, "text") else query["text"]
+        judged = judge.judge(text, messages, task_type(intent["level1"], intent["level2"]))
+        if reward_cfg.kind == "judge":
+            return replace(judged, verified=judged.value >= reward_cfg.judge_pass_threshold)
+        return combined_score(judged, score_trajectory(query, messages), reward_cfg.judge_weight)
+
+    return score

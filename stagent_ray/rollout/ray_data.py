@@ -65,15 +65,11 @@ class RolloutActor:
         import torch
 
         from stagent_ray.config import config_from_dict
-        from stagent_ray.world.backends import make_executor
+        from stagent_ray.world.backends import executor_from_config
 
         torch.set_num_threads(1)
         self.cfg = config_from_dict(cfg_dict)
-        w = self.cfg.world
-        self.executor = make_executor(backend=w.backend, seed=w.seed, n_cities=w.n_cities,
-                                      pois_per_city=w.pois_per_city, today=w.today,
-                                      replay_path=w.replay_path, http_url=w.http_url,
-                                      cache_size=w.cache_size, timeout_s=w.tool_timeout_s)
+        self.executor = executor_from_config(self.cfg.world)
         self.n, self.run_dir, self.parts_dir, self.salt = n, run_dir, parts_dir, salt
         self.engine_spec = engine
         self.token_engine = self.message_engine = None
@@ -95,6 +91,9 @@ class RolloutActor:
             from stagent_ray.rollout.engine import make_message_engine
             self.message_engine = make_message_engine(EngineConfig(**engine),
                                                       self.executor.schemas())
+        from stagent_ray.reward import make_scorer
+
+        self.score = make_scorer(self.cfg.reward)
         s = self.cfg.sampling
         self.temperature = s.temperature if temperature is None else temperature
         self._metrics()
@@ -124,15 +123,13 @@ class RolloutActor:
                             [(q.query_id, q.text) for q, _ in episodes], sampling, agent)
 
     def __call__(self, batch: dict) -> dict:
-        from stagent_ray.reward import score_trajectory
-
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
         queries = [row_to_query(r) for r in rows]
         trajs = self.rollout(queries)
         traj_rows = []
         for k, t in enumerate(trajs):
             q = queries[k // self.n]
-            score = score_trajectory(q, t.messages)
+            score = self.score(q, t.messages)
             traj_rows.append({
                 "query_id": q.query_id, "rollout_index": k % self.n,
                 "reward": float(score.value), "verified": bool(score.verified),

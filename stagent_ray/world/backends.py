@@ -276,3 +276,11 @@ def make_executor(backend: str = "world", seed: int = 0, n_cities: int = 4, pois
 
 def _executor_from_config(config: dict) -> ToolExecutor:
     return make_executor(**config)
+
+
+def executor_from_config(w) -> ToolExecutor:
+    """The executor a `config.WorldConfig` describes (every stage builds its tools this way)."""
+    return make_executor(backend=w.backend, seed=w.seed, n_cities=w.n_cities,
+                         pois_per_city=w.pois_per_city, today=w.today, replay_path=w.replay_path,
+                         http_url=w.http_url, cache_size=w.cache_size, timeout_s=w.tool_timeout_s,
+                         mcp_servers=list(w.mcp_servers) or None)
