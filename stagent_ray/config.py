@@ -150,6 +150,7 @@ class SFTConfig:
 @dataclass
 class RLConfig:
     algorithm: str = "grpo"          # grpo | ppo | gspo
+    prompt_set: str = "hard"         # hard: the split's hard queries | all: the whole pool
     steps: int = 20
     prompts_per_step: int = 4
     group_size: int = 8
@@ -243,6 +244,7 @@ _CHOICES = {
     "agent.tool_prompt": {"full", "compact"},
     "rl.loss_agg": {"token-mean", "seq-mean-token-mean", "seq-mean-token-sum"},
     "rl.kl_estimator": {"k1", "k3"},
+    "rl.prompt_set": {"hard", "all"},
     "rl.rollout_engine": {"inprocess", "serve"},
     "rl.algorithm": {"grpo", "ppo", "gspo"},
 }

@@ -1,0 +1,483 @@
+"""Stage `rl`: on-policy RL from πθ1 on the hard queries (GRPO by default; PPO, GSPO).
+
+    summary = run_rl(cfg, run_dir, "<run_dir>/ckpt/sft1", "ckpt/rl")
+
+One RL step, in every Ray Train worker:
+  1. rollout   each worker takes its share of the step's prompts and runs G episodes per
+               prompt through the agent loop with tools — with an engine inside the worker
+               (`rl.rollout_engine: inprocess`) or through the Policy deployment (`serve`);
+  2. scoring   the scorer grades every trajectory; workers exchange their groups so every
+               worker sees the whole batch; groups whose rewards are all equal carry no
+               signal and are dropped, and more prompts are drawn to refill (dynamic sampling);
+  3. update    advantages (group-normalised for GRPO/GSPO, GAE with a critic for PPO),
+               old log-probs recomputed by the trainer, `rl.mini_batches` optimizer steps;
+  4. sync      the new weights go to the rollout engine: in place for the in-process engine,
+               `Policy.reload` on Ray Serve.
+The trainer's log-probs on freshly rolled-out tokens are compared with the engine's
+(`logprob_gap`): after a correct weight push they agree to float precision, so a stale
+engine shows up at once. Checkpoints (model, optimizer, critic, step, prompt cursor, RNG,
+metric history) go through Ray Train, so a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import random
+import signal
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from stagent_ray.train import losses as L
+from stagent_ray.train.common import (adamw, all_reduce_sum, attention_for, export_hf,
+                                      grad_norm_and_clip, load_for_training, load_train_state,
+                                      local_model_dir, publish_dir, save_train_state,
+                                      shard_model, write_jsonl)
+
+CPUS_PER_CPU_WORKER = 0.5
+
+
+class ValueModel(torch.nn.Module):
+    """PPO critic: the policy's transformer body with a scalar head per token."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        from transformers import AutoModel
+
+        self.body = AutoModel.from_pretrained(local_model_dir(path), dtype=torch.float32)
+        self.head = torch.nn.Linear(self.body.config.hidden_size, 1)
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+        self._no_split_modules = self.body._no_split_modules  # read by shard_model
+
+    def forward(self, input_ids, attention_mask):
+        hidden = self.body(input_ids=input_ids, attention_mask=attention_mask,
+                           use_cache=False).last_hidden_state
+        return self.head(hidden).squeeze(-1)                           # [B, T]
+
+
+def prompt_order(n: int, epoch: int, seed: int) -> list[int]:
+    """The prompt stream: a fresh shuffle of all hard queries per pass."""
+    order = list(range(n))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order
+
+
+def take_prompts(n: int, cursor: int, count: int, seed: int) -> list[int]:
+    return [prompt_order(n, (cursor + i) // n, seed)[(cursor + i) % n] for i in range(count)]
+
+
+def pad_batch(seqs: list[dict], pad_id: int, device) -> dict[str, torch.Tensor]:
+    """Right-pad sequences; targets are shifted by one (position t predicts token t+1)."""
+    T = max(len(s["token_ids"]) for s in seqs) - 1
+    B = len(seqs)
+    ids = torch.full((B, T + 1), pad_id, dtype=torch.long)
+    mask, old_lp, adv = (torch.zeros(B, T) for _ in range(3))
+    attn = torch.zeros(B, T, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        n = len(s["token_ids"])
+        ids[i, :n] = torch.tensor(s["token_ids"])
+        attn[i, :n - 1] = 1
+        mask[i, :n - 1] = torch.tensor(s["loss_mask"][1:], dtype=torch.float)
+        old_lp[i, :n - 1] = torch.tensor(s["logprobs"][1:], dtype=torch.float)
+        adv[i] = s["advantage"]
+    return {"inputs": ids[:, :-1].to(device), "targets": ids[:, 1:].to(device),
+            "attention_mask": attn.to(device), "mask": mask.to(device),
+            "rollout_logprobs": old_lp.to(device), "advantage": adv.to(device)}
+
+
+def sequence_logprobs(model, batch: dict, temperature: float, with_entropy: bool = False):
+    logits = model(input_ids=batch["inputs"], attention_mask=batch["attention_mask"],
+                   use_cache=False).logits
+    logp = L.token_logprobs(logits, batch["targets"], temperature)     # [B, T]
+    entropy = L.entropy_from_logits(logits / temperature) if with_entropy else None
+    return logp, entropy
+
+
+def rl_loop(config: dict) -> None:
+    """Runs in every Ray Train worker."""
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from stagent_ray.config import config_from_dict
+    from stagent_ray.reward import make_scorer
+    from stagent_ray.rollout.agent_loop import run_episodes
+    from stagent_ray.rollout.engine import SamplingParams
+    from stagent_ray.rollout.ray_data import episode_seed
+    from stagent_ray.runio import row_to_query
+    from stagent_ray.world.backends import executor_from_config
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.get_local_world_size()))
+    cfg = config_from_dict(config["cfg"])
+    rl, init = cfg.rl, config["init_checkpoint"]
+    prompts = ray.get(config["prompts_ref"])
+    executor = executor_from_config(cfg.world)
+    score_trajectory = make_scorer(cfg.reward)
+
+    torch.manual_seed(cfg.seed)
+    model = shard_model(load_for_training(init, attn_implementation=attention_for(device)), device)
+    optimizer = adamw(model, rl.lr, rl.weight_decay, device)
+    critic = critic_opt = None
+    if rl.algorithm == "ppo":
+        critic = shard_model(ValueModel(init), device)
+        critic_opt = adamw(critic, rl.critic_lr, 0.0, device)
+    ref = None
+    if rl.kl_coef > 0:
+        from transformers import AutoModelForCausalLM
+        ref = AutoModelForCausalLM.from_pretrained(local_model_dir(init), dtype=torch.float32)
+        ref = ref.to(device).eval().requires_grad_(False)
+
+    if rl.rollout_engine == "serve":
+        from ray import serve
+
+        from stagent_ray.models.build import load_tokenizer
+        from stagent_ray.serve.deployments import ServePolicyEngine
+        policy_handle = serve.get_deployment_handle("Policy", app_name=config["serve_app"])
+        engine = ServePolicyEngine(policy_handle, load_tokenizer(local_model_dir(init)))
+    else:
+        from stagent_ray.rollout.hf_engine import HFEngine
+        engine = HFEngine(local_model_dir(init), device=str(device),
+                          max_batch_size=cfg.policy.max_batch_size)
+    tokenizer = engine.tokenizer
+
+    def push_weights(version: int) -> None:
+        """Collective: every rank gathers the full weights for its in-process engine; with
+        Serve, rank 0 writes a checkpoint and the Policy reloads it."""
+        if rl.rollout_engine == "serve":
+            path = posixpath.join(config["sync_dir"], f"v{version:06d}")
+            export_hf(model, init, path, rank)
+            if rank == 0:
+                policy_handle.reload.remote(path, version).result()
+            dist.barrier()
+            return
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+        engine.load_weights({k: v.detach().to("cpu") if device.type == "cpu" else v
+                             for k, v in full.items()})
+
+    start, cursor, history = 0, 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = load_train_state(d, model, optimizer, rank)
+            if critic is not None:
+                load_train_state(os.path.join(d, "critic"), critic, critic_opt, rank)
+        start, cursor, history = state["step"], state["cursor"], state["history"]
+    if start > 0 or rl.rollout_engine == "serve":
+        push_weights(start)
+
+    sampling_base = dict(temperature=rl.temperature, top_p=cfg.sampling.top_p,
+                         top_k=cfg.sampling.top_k, max_new_tokens=cfg.sampling.max_new_tokens)
+    G, P = rl.group_size, rl.prompts_per_step
+    for step in range(start, rl.steps):
+        if config["fail_at_step"] == step + 1 and rank == 0:
+            os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the resume test
+        times = {"rollout": 0.0, "scoring": 0.0, "update": 0.0, "sync": 0.0}
+
+        # 1-2. rollouts, scoring and dynamic sampling --------------------------------
+        kept, sampled_groups, episodes = [], 0, []
+        for round_ in range(1 + (rl.max_refill_rounds if rl.dynamic_sampling else 0)):
+            need = P if round_ == 0 else P - len(kept)
+            if need <= 0:
+                break
+            idx = take_prompts(len(prompts), cursor, need, cfg.seed)
+            cursor += need
+            mine = idx[rank::world]
+            t = time.perf_counter()
+            queries = [row_to_query(prompts[i]) for i in mine]
+            trajs = run_episodes(engine, executor,
+                                 [(q.query_id, q.text) for q in queries for _ in range(G)],
+                                 SamplingParams(**sampling_base, seed=episode_seed(
+                                     f"rl{step}", round_, rank)), cfg.agent) if queries else []
+            times["rollout"] += time.perf_counter() - t
+            t = time.perf_counter()
+            groups = []
+            for j, q in enumerate(queries):
+                group = []
+                for tr in trajs[j * G:(j + 1) * G]:
+                    score = score_trajectory(q, tr.messages)
+                    group.append({"token_ids": tr.token_ids, "logprobs": tr.logprobs,
+                                  "loss_mask": tr.loss_mask, "reward": float(score.value),
+                                  "verified": bool(score.verified),
+                                  "tool_calls": tr.num_tool_calls, "tool_errors": tr.num_tool_errors,
+                                  "gen_tokens": int(sum(tr.loss_mask))})
+                groups.append(group)
+            times["scoring"] += time.perf_counter() - t
+            gathered = [None] * world
+            dist.all_gather_object(gathered, groups)
+            all_groups = [g for part in gathered for g in part]
+            sampled_groups += len(all_groups)
+            for g in all_groups:
+                episodes += g
+                rewards = [e["reward"] for e in g]
+                if not rl.dynamic_sampling or max(rewards) - min(rewards) > 1e-9:
+                    kept.append(g)
+            if not rl.dynamic_sampling:
+                break
+
+        # 3. advantages and update ---------------------------------------------------
+        t = time.perf_counter()
+        seqs = []
+        for g in kept:
+            r = torch.tensor([e["reward"] for e in g])
+            adv = L.group_advantages(r[None], rl.normalize_std)[0]
+            for e, a in zip(g, adv.tolist()):
+                seqs.append({**e, "advantage": a})
+        stats = {"policy_loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "entropy": 0.0,
+                 "logprob_gap": 0.0, "logprob_gap_max": 0.0, "value_loss": 0.0,
+                 "grad_norm": 0.0}
+        if seqs:
+            stats.update(update_policy(seqs, model, optimizer, critic, critic_opt, ref, rl,
+                                       rank, world, device, tokenizer.pad_token_id))
+        times["update"] = time.perf_counter() - t
+        t = time.perf_counter()
+        if seqs:
+            push_weights(step + 1)
+        times["sync"] = time.perf_counter() - t
+
+        # 4. metrics and checkpoints -------------------------------------------------
+        rewards = [e["reward"] for e in episodes]
+        n_ep = max(1, len(episodes))
+        adv_values = [s["advantage"] for s in seqs] or [0.0]
+        metrics = {
+            "step": step + 1, "reward_mean": float(np.mean(rewards)) if rewards else 0.0,
+            "reward_std": float(np.std(rewards)) if rewards else 0.0,
+            "verified_rate": sum(e["verified"] for e in episodes) / n_ep,
+            "groups_sampled": sampled_groups, "groups_kept": len(kept),
+            "filtered_frac": 1 - len(kept) / max(1, sampled_groups),
+            "adv_mean": float(np.mean(adv_values)), "adv_std": float(np.std(adv_values)),
+            "adv_min": float(np.min(adv_values)), "adv_max": float(np.max(adv_values)),
+            "tool_calls_per_episode": sum(e["tool_calls"] for e in episodes) / n_ep,
+            "tool_errors_per_episode": sum(e["tool_errors"] for e in episodes) / n_ep,
+            "response_tokens": sum(e["gen_tokens"] for e in episodes) / n_ep,
+            **stats, **{f"time_{k}_s": v for k, v in times.items()},
+            "start_step": start,
+        }
+        history.append(metrics)
+        if rank == 0:
+            write_jsonl(config["run_dir"], "train/rl_metrics.jsonl", history)
+        done = step + 1
+        if done % rl.checkpoint_every == 0 or done == rl.steps:
+            with tempfile.TemporaryDirectory() as d:
+                save_train_state(d, model, optimizer, rank,
+                                 {"step": done, "cursor": cursor, "history": history})
+                if critic is not None:
+                    os.makedirs(os.path.join(d, "critic"), exist_ok=True)
+                    save_train_state(os.path.join(d, "critic"), critic, critic_opt, rank, {})
+                if done == rl.steps:
+                    export_hf(model, init, os.path.join(d, "hf"), rank)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
+                                 checkpoint_dir_name=f"step_{done:06d}")
+        elif done % rl.log_every == 0:
+            ray.train.report(metrics)
+
+
+def update_policy(seqs, model, optimizer, critic, critic_opt, ref, rl, rank, world, device,
+                  pad_id) -> dict:
+    """Old log-probs, advantages (GAE for PPO), then `rl.mini_batches` optimizer steps.
+    Every rank holds the whole batch and trains on its slice of each mini-batch."""
+    import torch.distributed as dist
+
+    T_temp = rl.temperature
+    mb_size = rl.micro_batch_size
+
+    def micro_batches(items):
+        return [items[i:i + mb_size] for i in range(0, len(items), mb_size)]
+
+    # Old log-probs (and values) with the weights that produced the rollouts.
+    model.eval()
+    gaps, gap_max = [], 0.0
+    with torch.no_grad():
+        for chunk in micro_batches(seqs):
+            batch = pad_batch(chunk, pad_id, device)
+            logp, _ = sequence_logprobs(model, batch, T_temp)
+            m = batch["mask"] > 0
+            diff = (logp - batch["rollout_logprobs"]).abs()[m]
+            gaps.append(diff)
+            gap_max = max(gap_max, float(diff.max()) if diff.numel() else 0.0)
+            for s, lp in zip(chunk, logp):
+                s["old_logprobs"] = lp[:len(s["token_ids"]) - 1].cpu().tolist()
+            if ref is not None:
+                ref_lp, _ = sequence_logprobs(ref, batch, T_temp)
+                for s, lp in zip(chunk, ref_lp):
+                    s["ref_logprobs"] = lp[:len(s["token_ids"]) - 1].cpu().tolist()
+            if critic is not None:
+                values = critic(batch["inputs"], batch["attention_mask"]) * batch["mask"]
+                rewards = torch.zeros_like(values)
+                for i, s in enumerate(chunk):  # the trajectory reward lands on its last token
+                    last = int(torch.nonzero(batch["mask"][i]).max())
+                    rewards[i, last] = s["reward"]
+                adv, ret = L.gae(rewards, values, batch["mask"], rl.gamma, rl.lam)
+                for i, s in enumerate(chunk):
+                    n = len(s["token_ids"]) - 1
+                    s["token_adv"], s["returns"] = adv[i, :n].cpu().tolist(), ret[i, :n].cpu().tolist()
+                    s["old_values"] = values[i, :n].cpu().tolist()
+    all_gaps = torch.cat(gaps) if gaps else torch.zeros(1)
+    if critic is not None:  # whiten token advantages over the batch
+        flat = torch.tensor([a for s in seqs for a, m in zip(s["token_adv"], s["loss_mask"][1:]) if m])
+        mean, std = flat.mean(), flat.std().clamp(min=1e-6)
+        for s in seqs:
+            s["token_adv"] = [(a - float(mean)) / float(std) for a in s["token_adv"]]
+
+    model.train()
+    stats = {"policy_loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "entropy": 0.0,
+             "value_loss": 0.0, "grad_norm": 0.0}
+    order = list(range(len(seqs)))
+    n_mini = min(rl.mini_batches, len(seqs))
+    for k in range(n_mini):
+        mini = [seqs[i] for i in order[k::n_mini]]
+        mine = mini[rank::world]
+        # Global normalisers: every rank's share / the mini-batch's total tokens (or seqs).
+        total_tokens = sum(sum(s["loss_mask"][1:]) for s in mini)
+        total_seqs = len(mini)
+        chunks = micro_batches(mine)
+        # Ranks must run the same number of backward passes (FSDP collectives).
+        n_chunks = int(all_reduce_max(len(chunks), device))
+        chunks += [[]] * (n_chunks - len(chunks))
+        for chunk in chunks:
+            if not chunk:  # a dummy pass keeps the collectives in step, contributes zero
+                chunk, scale = [mine[0] if mine else mini[0]], 0.0
+            else:
+                scale = 1.0
+            batch = pad_batch(chunk, pad_id, device)
+            for key in ("old_logprobs", "ref_logprobs", "token_adv", "returns", "old_values"):
+                if key in chunk[0]:
+                    t = torch.zeros_like(batch["mask"])
+                    for i, s in enumerate(chunk):
+                        t[i, :len(s[key])] = torch.tensor(s[key])
+                    batch[key] = t
+            logp, entropy = sequence_logprobs(model, batch, T_temp, with_entropy=True)
+            m = batch["mask"]
+            tokens = float(m.sum())
+            if rl.algorithm == "gspo":
+                loss, clip = L.gspo_policy_loss(logp, batch["old_logprobs"], batch["advantage"][:, 0],
+                                                m, rl.gspo_clip_low, rl.gspo_clip_high)
+                weight = len(chunk) / total_seqs
+            else:
+                adv = batch["token_adv"] if rl.algorithm == "ppo" else batch["advantage"]
+                loss, clip = L.clipped_policy_loss(logp, batch["old_logprobs"], adv, m,
+                                                   rl.clip_low, rl.clip_high, rl.loss_agg)
+                weight = (tokens / max(1, total_tokens) if rl.loss_agg == "token-mean"
+                          else len(chunk) / total_seqs)
+            ent = L.masked_mean(entropy, m)
+            total = loss - rl.entropy_coef * ent
+            if ref is not None:
+                kl = L.masked_mean(L.kl_penalty(logp, batch["ref_logprobs"], rl.kl_estimator), m)
+                total = total + rl.kl_coef * kl
+                stats["kl"] += float(kl.detach()) * weight * scale / n_mini
+            # FSDP averages gradients over ranks; x world undoes it (sum of shares).
+            (total * weight * scale * world).backward()
+            stats["policy_loss"] += float(loss.detach()) * weight * scale / n_mini
+            stats["clip_frac"] += float(clip) * weight * scale / n_mini
+            stats["entropy"] += float(ent.detach()) * weight * scale / n_mini
+            if critic is not None:
+                values = critic(batch["inputs"], batch["attention_mask"])
+                vloss = L.value_loss(values, batch["old_values"], batch["returns"], m)
+                (rl.vf_coef * vloss * tokens / max(1, total_tokens) * scale * world).backward()
+                stats["value_loss"] += float(vloss.detach()) * tokens / max(1, total_tokens) * scale / n_mini
+        stats["grad_norm"] += float(grad_norm_and_clip(model, rl.grad_clip)) / n_mini
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if critic is not None:
+            grad_norm_and_clip(critic, rl.grad_clip)
+            critic_opt.step()
+            critic_opt.zero_grad(set_to_none=True)
+    # Each rank summed only its own share of the statistics.
+    for key in ("policy_loss", "clip_frac", "kl", "entropy", "value_loss"):
+        stats[key] = all_reduce_sum(stats[key], device)
+    stats["logprob_gap"] = float(all_gaps.mean()) if all_gaps.numel() else 0.0
+    stats["logprob_gap_max"] = gap_max
+    dist.barrier()
+    return stats
+
+
+def all_reduce_max(x: float, device) -> float:
+    import torch.distributed as dist
+
+    t = torch.tensor(float(x), device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
+
+
+def run_rl(cfg, run_dir: str, init_checkpoint: str, out_relative: str, *,
+           failure_config=None, fail_at_step: int | None = None,
+           prompts: list[dict] | None = None) -> dict:
+    """Train from `init_checkpoint` on the hard queries of the run (data/hard.parquet,
+    joined with data/pool.parquet for their ground truth); export to `out_relative`."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from stagent_ray.config import config_to_dict
+    from stagent_ray.runio import read_table, run_path
+
+    if prompts is None and cfg.rl.prompt_set == "all":
+        prompts = read_table(run_dir, "data/pool.parquet")
+    elif prompts is None:
+        pool = {r["query_id"]: r for r in read_table(run_dir, "data/pool.parquet")}
+        prompts = [pool[r["query_id"]] for r in read_table(run_dir, "data/hard.parquet")
+                   if r["query_id"] in pool]
+    if not prompts:
+        raise ValueError("rl: no hard queries to train on (see data/split_report.json); "
+                         "lower split.certain_threshold, score more queries, or set rl.prompt_set=all")
+    rl = cfg.rl
+    use_gpu = torch.cuda.is_available()
+    storage = (run_dir.rstrip("/") + "/train" if "://" in run_dir
+               else os.path.join(os.path.abspath(run_dir), "train"))
+    serve_app = None
+    if rl.rollout_engine == "serve":
+        from stagent_ray.serve.deployments import deploy_policy
+        serve_app = "rl_policy"
+        deploy_policy(init_checkpoint, cfg.policy, cfg.serve, name=serve_app)
+    config = {"cfg": config_to_dict(cfg), "run_dir": run_dir,
+              "init_checkpoint": init_checkpoint, "prompts_ref": ray.put(prompts),
+              "fail_at_step": fail_at_step, "serve_app": serve_app,
+              "sync_dir": run_path(run_dir, "train/rl_sync")}
+    trainer = TorchTrainer(
+        rl_loop, train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=rl.num_workers, use_gpu=use_gpu,
+            resources_per_worker=None if use_gpu else {"CPU": CPUS_PER_CPU_WORKER}),
+        run_config=RunConfig(
+            name="rl", storage_path=storage,
+            failure_config=failure_config or FailureConfig(max_failures=2,
+                                                           controller_failure_limit=3),
+            checkpoint_config=CheckpointConfig(num_to_keep=2)))
+    try:
+        result = trainer.fit()
+    finally:
+        if serve_app:
+            from ray import serve
+            serve.delete(serve_app)
+    ckpt, metrics = result.checkpoint, result.metrics or {}
+    if ckpt is None or metrics.get("step") != rl.steps:
+        raise RuntimeError(f"rl: training ended without its final checkpoint (last: {metrics})")
+    path = publish_dir(ckpt.filesystem, posixpath.join(ckpt.path, "hf"), run_dir, out_relative)
+    history = read_history(run_dir)
+    first = history[: max(1, len(history) // 4)]
+    last = history[-max(1, len(history) // 4):]
+    return {"steps": rl.steps, "path": path, "resumed_from_step": metrics["start_step"],
+            "prompts": len(prompts),
+            "reward_first_quarter": float(np.mean([h["reward_mean"] for h in first])),
+            "reward_last_quarter": float(np.mean([h["reward_mean"] for h in last])),
+            "logprob_gap_max": max(h["logprob_gap_max"] for h in history),
+            "time_split_s": {k: float(np.mean([h[f"time_{k}_s"] for h in history]))
+                             for k in ("rollout", "scoring", "update", "sync")}}
+
+
+def read_history(run_dir: str) -> list[dict]:
+    from stagent_ray.runio import filesystem, run_path
+
+    fs, _ = filesystem(run_dir)
+    with fs.open_input_stream(run_path(run_dir, "train/rl_metrics.jsonl")) as f:
+        return [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]

@@ -1,0 +1,63 @@
+"""The whole cascade end to end on a tiny config, then a resume that runs only what is left."""
+
+import json
+import os
+
+import pyarrow.parquet as pq
+import pytest
+
+from stagent_ray.config import load_config
+from stagent_ray.pipeline import ARTIFACTS, STAGES, run_pipeline
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(1500)]
+
+TINY = [
+    "model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2",
+    "model.num_heads=2", "model.num_kv_heads=1", "model.vocab_size=2048",
+    "pool.queries_per_family=4", "pool.target_size=24", "pool.eval_per_family=1",
+    "tiny_qa.fraction=0.5", "tiny_qa.long_tail=2", "tiny_qa.k=2",
+    "score.n_rollouts=2", "score.batch_size=4", "split.k_max=1",
+    "sampling.max_new_tokens=48", "agent.max_turns=3", "agent.max_tokens=1200",
+    "sft0.epochs=1", "sft0.batch_size=2", "sft0.seq_len=1024",
+    "sft1.epochs=1", "sft1.batch_size=2", "sft1.seq_len=1024",
+    "rl.steps=2", "rl.prompts_per_step=2", "rl.group_size=2", "rl.micro_batch_size=2",
+    "rl.max_refill_rounds=0", "rl.prompt_set=all", "eval.pass_k=2", "split.certain_threshold=0.5",
+]
+
+
+def test_cascade_end_to_end_then_resume(ray_session, tmp_path, capsys):
+    run_dir = str(tmp_path / "run")
+    cfg = load_config("configs/tiny.yaml", TINY + [f"run_dir={run_dir}"])
+    assert run_pipeline(cfg, stages=STAGES[:4]) == 0  # pool .. score
+    manifest = json.load(open(os.path.join(run_dir, "manifest.json")))
+    assert [s for s in STAGES if manifest["stages"].get(s, {}).get("status") == "complete"] \
+        == STAGES[:4]
+
+    # A second invocation of the whole cascade skips the four finished stages.
+    capsys.readouterr()
+    assert run_pipeline(cfg) == 0
+    out = capsys.readouterr().out
+    for stage in STAGES[:4]:
+        assert f"[{stage}] complete, skipped" in out
+    for stage in STAGES[4:]:
+        assert f"[{stage}] running" in out
+
+    manifest = json.load(open(os.path.join(run_dir, "manifest.json")))
+    for stage in STAGES:
+        entry = manifest["stages"][stage]
+        assert entry["status"] == "complete", stage
+        for artifact in ARTIFACTS[stage]:
+            assert os.path.exists(os.path.join(run_dir, artifact)), artifact
+    assert manifest["config_hash"] and manifest["config"]["run_dir"] == run_dir
+
+    pool = pq.read_table(os.path.join(run_dir, "data/pool.parquet")).to_pylist()
+    full = pq.read_table(os.path.join(run_dir, "data/full_qa.parquet")).to_pylist()
+    assert sorted(r["query_id"] for r in full) == sorted(r["query_id"] for r in pool)
+    assert all(len(r["rewards"]) == 2 for r in full)
+    split = json.load(open(os.path.join(run_dir, "data/split_report.json")))
+    assert sum(split["regions"].values()) == len(full)
+    evals = json.load(open(os.path.join(run_dir, "eval/summary.json")))
+    assert {"teacher", "base", "sft0", "sft1", "rl"} <= set(evals)
+    assert os.path.exists(os.path.join(run_dir, "report/pass_histogram.png"))
+    html = open(os.path.join(run_dir, "report/index.html")).read()
+    assert "Held-out evaluation" in html and "pass_histogram.png" in html
