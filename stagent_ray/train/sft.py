@@ -1,0 +1,326 @@
+"""Stages `sft0` and `sft1`: supervised fine-tuning on verified trajectories, on Ray Train.
+
+    summary = run_sft(cfg, run_dir, "sft0", "data/tiny_qa.parquet", base_ckpt, "ckpt/sft0")
+
+The driver renders every trajectory to token ids and a loss mask (1 only on tokens the
+assistant wrote: system, user and tool-response tokens never train), packs them into rows of
+`seq_len` tokens (see data.py) and starts a `TorchTrainer`. Each worker loads the init
+checkpoint, shards it with FSDP2 (bf16 mixed precision on GPUs, fp32 over gloo on CPU),
+and runs AdamW with warmup + cosine, gradient accumulation and clipping.
+
+Batch arithmetic: `batch_size` is the number of packed rows per optimizer step over all
+workers; each worker takes batch_size / num_workers of them, in `grad_accum` micro-batches.
+So the data order, the schedule and the loss curve do not depend on how many workers run
+the stage — only the speed does. The loss of a step is the mean over all its assistant
+tokens (every token weighs the same, whichever rank or micro-batch holds it).
+
+Checkpoints go through Ray Train every `checkpoint_every` steps and at the end: model and
+optimizer shards, scheduler, step (the data position: batches are a pure function of the
+step, data.batch_rows), RNG state, and the metric history. `RunConfig(storage_path=
+<run_dir>/train, name=<stage>)` is fixed per stage, so running the stage again after a
+crash finds the checkpoints and `ray.train.get_checkpoint()` resumes the run; re-running a
+finished stage only re-exports. The last checkpoint also holds the final model as a Hugging
+Face directory (`hf/`, LoRA merged), which the driver copies to `<run_dir>/<out_relative>`.
+
+Metrics (loss, lr, grad norm, tokens/s, MFU on GPUs) go to `ray.train.report` every
+`log_every` steps and to `<run_dir>/train/<stage>_metrics.jsonl` for the report's plots.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import posixpath
+import signal
+import tempfile
+import time
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+
+from stagent_ray.config import SFTConfig
+from stagent_ray.train.common import (adamw, all_reduce_sum, attention_for, export_hf,
+                                      flops_per_token, grad_norm_and_clip, load_for_training,
+                                      load_train_state, local_model_dir, peak_flops, publish_dir,
+                                      save_train_state, shard_model, write_jsonl)
+from stagent_ray.train.data import (batch_rows, fingerprint, pack, steps_per_epoch,
+                                    tokenize_rows)
+
+logger = logging.getLogger(__name__)
+MIN_LR_RATIO = 0.1        # cosine decays to 10% of the peak lr (no config field yet)
+CPUS_PER_CPU_WORKER = 0.5  # Ray CPU reservation per worker on CPU hosts: two fit on 2 cores
+CHECKPOINTS_TO_KEEP = 2
+# Ray Train V2 workers hand each report to a queue of size 1 that the controller drains
+# when it polls them, every 2 s by default: a report blocks until the previous one was
+# polled, so a tiny model logging every step ran at one step per 2 s. Poll faster unless
+# the user chose an interval.
+POLL_ENV, POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"
+
+
+# ---------------------------------------------------------------- pure functions
+
+def sft_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor,
+             num_loss_tokens: int | torch.Tensor | None = None) -> torch.Tensor:
+    """Token-level cross-entropy over the assistant tokens.
+
+    logits [B, T, V], labels [B, T] (the token each position predicts), loss_mask [B, T]
+    (bool or 0/1). Returns the summed CE of the masked tokens / num_loss_tokens (default:
+    this batch's count; the trainer passes the whole step's count across micro-batches and
+    ranks). Only masked positions enter the graph, so every other logit gets a gradient of
+    exactly zero — and the fp32 copy is made only of the rows that count.
+    """
+    mask = loss_mask.bool()
+    picked = logits[mask].float()                                   # [N, V], N = mask.sum()
+    nll = F.cross_entropy(picked, labels[mask].long(), reduction="sum")  # []
+    if num_loss_tokens is None:
+        num_loss_tokens = mask.sum().clamp(min=1)
+    return nll / num_loss_tokens
+
+
+def packed_logits(model, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """[B, T] packed rows -> logits [B, T, V], attention kept inside each sample.
+
+    use_cache=False is load-bearing: with a KV cache object present, transformers skips
+    reading sample borders from position_ids and attends across the whole row.
+    """
+    return model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float = MIN_LR_RATIO) -> float:
+    """Multiplier of the peak lr at optimizer step `step` (0-based): linear warmup over
+    `warmup` steps, then cosine down to `min_ratio` at the last step."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - 1 - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+# ---------------------------------------------------------------- the worker loop
+
+def train_loop(config: dict) -> None:
+    """Runs in every Ray Train worker (so it lives in the package, not in a test)."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL collectives (DCP, state dicts) use the current one
+    else:  # one thread per core share; oversubscribing only slows down
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.get_local_world_size()))
+    data = ray.get(config["data_ref"])
+    n_rows = len(data["input_ids"])
+    B, A, total = config["batch_size"], config["grad_accum"], config["total_steps"]
+    per_rank, micro = B // world, B // (world * A)
+    per_epoch = steps_per_epoch(n_rows, B)
+
+    # Same seed on every rank: LoRA adapters are initialised identically before sharding.
+    torch.manual_seed(config["seed"])
+    model = load_for_training(config["init_checkpoint"], config["lora_rank"],
+                              config["activation_checkpointing"], attention_for(device))
+    n_params = sum(p.numel() for p in model.parameters())
+    flops_tok = flops_per_token(model.config, n_params, config["seq_len"])
+    peak = peak_flops(device)
+    model = shard_model(model, device)
+    optimizer = adamw(model, config["lr"], config["weight_decay"], device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, partial(lr_factor, warmup=config["warmup_steps"], total=total))
+
+    start, history, tokens_seen, train_time = 0, [], 0, 0.0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = load_train_state(d, model, optimizer, rank)
+        for key in ("fingerprint", "total_steps", "batch_size"):
+            if state[key] != config[key]:
+                raise ValueError(
+                    f"{config['stage']}: the checkpoint in {config['storage']} was made with "
+                    f"{key}={state[key]!r}, this run has {config[key]!r}. Delete that directory "
+                    f"to start over, or restore the old data/config to resume.")
+        scheduler.load_state_dict(state["scheduler"])
+        start, history = state["step"], state["history"]
+        tokens_seen, train_time = state["tokens_seen"], state["train_time"]
+
+    model.train()
+    t0, window_tokens = time.perf_counter(), 0
+    for step in range(start, total):
+        if config["fail_at_step"] == step + 1 and rank == 0:
+            os.kill(os.getpid(), signal.SIGKILL)  # fault injection: die like an OOM kill
+        rows = batch_rows(n_rows, B, step, config["seed"])
+        n_loss = int(data["loss_mask"][rows].sum())  # the whole step's count, all ranks
+        mine = rows[rank * per_rank:(rank + 1) * per_rank]
+        step_loss = torch.zeros((), device=device)
+        for k in range(A):
+            idx = mine[k * micro:(k + 1) * micro]
+            inputs = {key: torch.from_numpy(data[key][idx]).long().to(device)
+                      for key in ("input_ids", "position_ids", "labels", "loss_mask")}
+            logits = packed_logits(model, inputs["input_ids"], inputs["position_ids"])
+            # FSDP averages gradients over ranks; x world turns that back into the sum of
+            # every rank's share / n_loss, i.e. the mean over the step's assistant tokens.
+            loss = sft_loss(logits, inputs["labels"], inputs["loss_mask"], n_loss) * world
+            loss.backward()
+            step_loss += loss.detach() / world
+        grad_norm = grad_norm_and_clip(model, config["grad_clip"])
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        window_tokens += int(data["real_tokens"][rows].sum())
+
+        done = step + 1
+        log_now = done % config["log_every"] == 0 or done == total
+        checkpoint_now = done % config["checkpoint_every"] == 0 or done == total
+        if not (log_now or checkpoint_now):
+            continue
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t0
+        tokens_seen += window_tokens
+        train_time += elapsed
+        metrics = {"step": done, "epoch": round(done / per_epoch, 4),
+                   "loss": all_reduce_sum(float(step_loss), device), "lr": lr,
+                   "grad_norm": float(grad_norm), "tokens_per_s": window_tokens / elapsed,
+                   "tokens_seen": tokens_seen, "train_time_s": train_time, "start_step": start}
+        if peak:
+            metrics["mfu"] = flops_tok * metrics["tokens_per_s"] / (peak * world)
+        history.append(metrics)
+        if rank == 0:
+            write_jsonl(config["run_dir"], f"train/{config['stage']}_metrics.jsonl", history)
+        if checkpoint_now:
+            with tempfile.TemporaryDirectory() as d:
+                save_train_state(d, model, optimizer, rank, {
+                    "step": done, "scheduler": scheduler.state_dict(), "history": history,
+                    "tokens_seen": tokens_seen, "train_time": train_time,
+                    "fingerprint": config["fingerprint"], "total_steps": total,
+                    "batch_size": B})
+                if done == total:
+                    export_hf(model, config["init_checkpoint"], os.path.join(d, "hf"), rank,
+                              config["lora_rank"], config["merge_lora"])
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
+                                 checkpoint_dir_name=f"step_{done:06d}")
+        else:
+            ray.train.report(metrics)
+        t0, window_tokens = time.perf_counter(), 0  # checkpoint time is not training time
+
+
+# ---------------------------------------------------------------- the driver
+
+def _resolve(run_dir: str, path: str) -> str:
+    """An init checkpoint given relative to the run dir (e.g. "ckpt/sft0") becomes an
+    absolute path or URI (workers run elsewhere, in other directories); absolute paths,
+    URIs and hub ids pass through."""
+    from stagent_ray.runio import exists, run_path
+
+    if "://" in path or os.path.isabs(path) or not exists(run_dir, path):
+        return os.path.abspath(path) if os.path.isdir(path) else path
+    return run_dir.rstrip("/") + "/" + path if "://" in run_dir else run_path(run_dir, path)
+
+
+def run_sft(cfg, run_dir: str, stage: str, data_relative: str, init_checkpoint: str,
+            out_relative: str, tool_schemas: list[dict] | None = None, *,
+            max_steps: int | None = None, merge_lora: bool = True,
+            activation_checkpointing: bool = False, failure_config=None,
+            fail_at_step: int | None = None) -> dict:
+    """Train stage `stage` ("sft0" | "sft1": picks cfg.sft0 / cfg.sft1) on the trajectories
+    in `<run_dir>/<data_relative>`, starting from `init_checkpoint`; export the model to
+    `<run_dir>/<out_relative>`. Resumes from the stage's last Ray Train checkpoint if any.
+
+    tool_schemas: the tools rendered into the system prompt (default: the world's, as the
+    rollouts render them). max_steps caps the schedule. failure_config: Ray Train's
+    (default: retry a worker failure twice from the last checkpoint, give up on start-up
+    after three controller failures instead of waiting forever). fail_at_step: fault
+    injection for tests — rank 0 SIGKILLs itself as it starts that step. (Ray registers a
+    checkpoint only after its controller polled every rank's report of it, so a kill right
+    after a checkpoint may resume from the one before.)
+
+    Returns a summary: steps, final_loss, tokens_per_s, path (the exported model),
+    resumed_from_step (0 for a fresh run), and the data counts (samples, truncated,
+    dropped, packed_rows, pack_efficiency).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    import ray
+
+    from stagent_ray.models.build import load_tokenizer
+    from stagent_ray.runio import read_table
+
+    sft = getattr(cfg, stage, None)
+    if not isinstance(sft, SFTConfig):
+        raise ValueError(f"stage {stage!r} has no SFT config (cfg.{stage} is {type(sft).__name__})")
+    init = _resolve(run_dir, init_checkpoint)
+    tokenizer = load_tokenizer(local_model_dir(init))
+    if tool_schemas is None:  # the tools as the rollouts show them (agent.tool_prompt)
+        from stagent_ray.models.chat_format import prompt_tools
+        from stagent_ray.world.backends import executor_from_config
+
+        tool_schemas = prompt_tools(executor_from_config(cfg.world).schemas(),
+                                    cfg.agent.tool_prompt)
+    samples, stats = tokenize_rows(read_table(run_dir, data_relative), tokenizer, tool_schemas,
+                                   sft.seq_len)
+    if not samples:
+        raise ValueError(f"{stage}: no trainable trajectory in {data_relative}: {stats}. Every "
+                         f"one was cut at seq_len={sft.seq_len} before its first assistant "
+                         f"token (the shortest renders to {stats['shortest']} tokens, tool "
+                         f"schemas in the system prompt included)" if stats["rows"] else
+                         f"{stage}: {data_relative} has no rows")
+    if stats["truncated"]:
+        logger.warning("%s: %d of %d trajectories cut at seq_len=%d (%d dropped: nothing left "
+                       "to learn)", stage, stats["truncated"], stats["rows"], sft.seq_len,
+                       stats["dropped"])
+    packed = pack(samples, sft.seq_len, tokenizer.pad_token_id)
+    n_rows = len(packed["input_ids"])
+    if sft.batch_size % (sft.num_workers * sft.grad_accum):
+        raise ValueError(f"{stage}.batch_size={sft.batch_size} must be a multiple of "
+                         f"num_workers x grad_accum = {sft.num_workers} x {sft.grad_accum}")
+    total = sft.epochs * steps_per_epoch(n_rows, sft.batch_size)
+    if max_steps:
+        total = min(total, max_steps)
+
+    use_gpu = torch.cuda.is_available()
+    storage = (run_dir.rstrip("/") + "/train" if "://" in run_dir
+               else os.path.join(os.path.abspath(run_dir), "train"))
+    config = {"stage": stage, "run_dir": run_dir, "storage": f"{storage}/{stage}",
+              "init_checkpoint": init, "data_ref": ray.put(packed),
+              "fingerprint": fingerprint(packed), "total_steps": total, "seed": cfg.seed,
+              "seq_len": sft.seq_len, "batch_size": sft.batch_size, "grad_accum": sft.grad_accum,
+              "lr": sft.lr, "weight_decay": sft.weight_decay, "warmup_steps": sft.warmup_steps,
+              "grad_clip": sft.grad_clip, "lora_rank": sft.lora_rank if sft.lora else 0,
+              "merge_lora": merge_lora, "activation_checkpointing": activation_checkpointing,
+              "log_every": sft.log_every, "checkpoint_every": sft.checkpoint_every,
+              "fail_at_step": fail_at_step}
+    trainer = TorchTrainer(
+        train_loop, train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=sft.num_workers, use_gpu=use_gpu,
+            resources_per_worker=None if use_gpu else {"CPU": CPUS_PER_CPU_WORKER}),
+        run_config=RunConfig(
+            name=stage, storage_path=storage,
+            failure_config=failure_config or FailureConfig(max_failures=2,
+                                                           controller_failure_limit=3),
+            checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP)))
+    set_poll = POLL_ENV not in os.environ
+    if set_poll:  # read from the driver's environment when fit() starts the controller
+        os.environ[POLL_ENV] = POLL_S
+    try:
+        result = trainer.fit()
+    finally:
+        if set_poll:
+            os.environ.pop(POLL_ENV, None)
+    ckpt, metrics = result.checkpoint, result.metrics or {}
+    if ckpt is None or metrics.get("step") != total:
+        raise RuntimeError(f"{stage}: training ended without its final checkpoint "
+                           f"(last metrics: {metrics})")
+    path = publish_dir(ckpt.filesystem, posixpath.join(ckpt.path, "hf"), run_dir, out_relative)
+    real = int(packed["real_tokens"].sum())
+    return {"stage": stage, "steps": total, "final_loss": metrics["loss"],
+            "tokens_per_s": metrics["tokens_seen"] / max(metrics["train_time_s"], 1e-9),
+            "mfu": metrics.get("mfu"), "path": path, "checkpoint": ckpt.path,
+            "resumed_from_step": metrics["start_step"],
+            "samples": len(samples), "truncated": stats["truncated"],
+            "dropped": stats["dropped"], "packed_rows": n_rows,
+            "pack_efficiency": real / (n_rows * sft.seq_len),
+            "loss_tokens": int(packed["loss_mask"].sum())}
