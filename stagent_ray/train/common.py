@@ -1,0 +1,283 @@
+"""What the SFT and RL trainers share: model setup (LoRA, FSDP2), train-state checkpoints,
+Hugging Face export, MFU, and run-directory output.
+
+Sharding is FSDP2 (`fully_shard`) everywhere: on GPUs with a bf16 `MixedPrecisionPolicy`
+(fp32 master weights and gradient reduction), on CPU over gloo in fp32. One code path on
+both, so the CPU tests exercise what runs on GPUs. FSDP1 is not an option: it needs an
+accelerator and segfaults on offloaded state dicts on CPU.
+
+Train state is saved with torch.distributed.checkpoint (DCP): every rank writes its own
+shard files into its own local directory, Ray Train merges the directories into one
+checkpoint, and DCP reads them back — also into a different number of workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import random
+import tempfile
+import uuid
+
+import numpy as np
+import pyarrow.fs as pafs
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_state_dict, set_state_dict)
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+from stagent_ray.runio import filesystem, run_path
+
+# Dense bf16 peak FLOP/s by GPU name (first matching substring wins, so PCIe before SXM).
+PEAK_BF16_FLOPS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12),
+                   ("H200", 989e12), ("H20", 148e12), ("GB200", 2500e12), ("B200", 2250e12),
+                   ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12)]
+LORA_TARGETS = "all-linear"  # every Linear in the decoder layers; peft leaves lm_head out
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((f for key, f in PEAK_BF16_FLOPS if key in name), None)
+
+
+def flops_per_token(config, n_params: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6N for the matmuls (forward + backward) plus causal
+    attention, 6·L·H·Q·T (12·L·H·Q·T halved by the causal mask). With T = seq_len this is
+    the convention of the H100 baseline in ENV.md (21.6% MFU for the 0.6B plain loop)."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    attention = config.num_hidden_layers * config.num_attention_heads * head_dim * seq_len
+    return 6 * n_params + 6 * attention
+
+
+# ---------------------------------------------------------------- model setup
+
+def local_model_dir(path: str) -> str:
+    """A local directory holding the checkpoint at `path` (copied down when it is a URI)."""
+    if "://" not in path:
+        return path
+    fs, inner = pafs.FileSystem.from_uri(path)
+    # Keyed by the listing too (names, sizes, mtimes): a re-exported checkpoint at the same
+    # URI must not be served from a stale copy.
+    files = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+    key = path + repr(sorted((f.path, f.size, str(f.mtime)) for f in files))
+    local = os.path.join(tempfile.gettempdir(), "stagent_models",
+                         uuid.uuid5(uuid.NAMESPACE_URL, key).hex)
+    if not os.path.exists(local):
+        # Workers on one node may race: each copies to its own temp dir, the first rename wins.
+        tmp = f"{local}.tmp-{uuid.uuid4().hex[:8]}"
+        os.makedirs(tmp)
+        pafs.copy_files(inner, tmp, source_filesystem=fs,
+                        destination_filesystem=pafs.LocalFileSystem())
+        try:
+            os.rename(tmp, local)
+        except OSError:  # another worker got there first
+            import shutil
+            shutil.rmtree(tmp, ignore_errors=True)
+    return local
+
+
+def lora_config(rank: int):
+    from peft import LoraConfig
+
+    # alpha = 2r is the usual choice (scale 2); no dropout so runs resume bit-for-bit.
+    return LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                      target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+
+
+def load_for_training(path: str, lora_rank: int = 0, activation_checkpointing: bool = False,
+                      attn_implementation: str | None = None):
+    """fp32 weights (the master copy; bf16 compute comes from FSDP's mixed precision),
+    optionally wrapped in a peft LoRA model with only the adapters trainable."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(local_model_dir(path), dtype=torch.float32,
+                                                 attn_implementation=attn_implementation)
+    model.config.use_cache = False
+    if activation_checkpointing:
+        # Non-reentrant: works with frozen inputs (LoRA) and with FSDP2's hooks.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora_rank > 0:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config(lora_rank))
+    return model
+
+
+def attention_for(device: torch.device) -> str:
+    """flash-attention 2 on GPUs that have it (packed rows run as varlen), else SDPA (which
+    gets a block-diagonal mask from the position ids)."""
+    if device.type == "cuda":
+        try:
+            import flash_attn  # noqa: F401
+            return "flash_attention_2"
+        except ImportError:
+            pass
+    return "sdpa"
+
+
+def shard_model(model, device: torch.device):
+    """FSDP2: each decoder layer is one unit (its weights gathered just for its forward and
+    backward), the rest (embeddings, tied lm_head, final norm) is the root unit."""
+    model.to(device)
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+          if device.type == "cuda" else MixedPrecisionPolicy())
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layer_types = set(getattr(base, "_no_split_modules", None) or [])
+    if not layer_types:
+        raise ValueError(f"{type(base).__name__} names no _no_split_modules: "
+                         "cannot tell which modules are its layers")
+    for module in model.modules():
+        if type(module).__name__ in layer_types:
+            fully_shard(module, mp_policy=mp)
+    # The root is gathered again right at the start of backward: keep it gathered.
+    fully_shard(model, mp_policy=mp, reshard_after_forward=False)
+    return model
+
+
+def adamw(model, lr: float, weight_decay: float, device: torch.device):
+    """AdamW over trainable parameters; no decay on norms and biases (1-D tensors)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8,
+                             fused=device.type == "cuda")
+
+
+def grad_norm_and_clip(model, max_norm: float) -> torch.Tensor:
+    """Global grad norm over all ranks' shards (a 0-d tensor: no host sync until it is
+    logged); clips when max_norm > 0."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # DTensor under FSDP2
+
+
+# ---------------------------------------------------------------- train state
+
+def _options(model, strict: bool = True) -> StateDictOptions:
+    # With LoRA only the adapters change; the frozen base comes back from the init checkpoint.
+    # Loading then names only the trainable keys, hence strict=False there (DCP itself has
+    # already failed if the checkpoint lacked any key we asked for).
+    frozen = any(not p.requires_grad for p in model.parameters())
+    return StateDictOptions(ignore_frozen_params=frozen, strict=strict)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save_train_state(directory: str, model, optimizer, rank: int, trainer_state: dict) -> None:
+    """Collective. Model + optimizer shards (DCP), this rank's RNG, and rank 0's
+    `trainer_state` (step, scheduler, history: anything small and the same on all ranks)."""
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_options(model))
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=os.path.join(directory, "dcp"))
+    torch.save(rng_state(), os.path.join(directory, f"rng_rank{rank}.pt"))
+    if rank == 0:
+        torch.save(trainer_state, os.path.join(directory, "trainer_state.pt"))
+
+
+def load_train_state(directory: str, model, optimizer, rank: int) -> dict:
+    """Collective. Restores model and optimizer in place; returns rank 0's trainer state."""
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_options(model))
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.load(state, checkpoint_id=os.path.join(directory, "dcp"))
+    set_state_dict(model, optimizer, model_state_dict=state["model"],
+                   optim_state_dict=state["optim"], options=_options(model, strict=False))
+    rng_file = os.path.join(directory, f"rng_rank{rank}.pt")
+    if os.path.exists(rng_file):  # absent when resuming into more workers than before
+        set_rng_state(torch.load(rng_file, weights_only=False))
+    return torch.load(os.path.join(directory, "trainer_state.pt"), weights_only=False)
+
+
+# ---------------------------------------------------------------- export
+
+def export_hf(model, init_path: str, out_dir: str, rank: int, lora_rank: int = 0,
+              merge_lora: bool = True) -> None:
+    """Collective. Gather the full weights on rank 0 (CPU) and write a Hugging Face
+    checkpoint (model + tokenizer, in the init checkpoint's dtype) that
+    `AutoModelForCausalLM.from_pretrained` loads. LoRA adapters are merged in unless
+    `merge_lora` is off (then the directory is a peft adapter over `init_path`)."""
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                                cpu_offload=True))
+    if rank != 0:
+        return
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from stagent_ray.models.build import load_tokenizer, save_checkpoint
+
+    src = local_model_dir(init_path)
+    dtype = AutoConfig.from_pretrained(src).dtype or torch.float32  # before fp32 overwrites it
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    fresh = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    if lora_rank > 0:
+        from peft import get_peft_model
+
+        fresh = get_peft_model(fresh, lora_config(lora_rank))
+    missing, unexpected = fresh.load_state_dict(full, strict=False)
+    # Tied weights (lm_head = embed_tokens) may appear once; anything else is a bug.
+    missing = [k for k in missing if "lm_head" not in k]
+    if missing or unexpected:
+        raise RuntimeError(f"export: state dict mismatch, missing={missing[:5]} "
+                           f"unexpected={unexpected[:5]}")
+    if lora_rank > 0 and merge_lora:
+        fresh = fresh.merge_and_unload()
+    save_checkpoint(fresh.to(dtype), load_tokenizer(src), out_dir)
+
+
+# ---------------------------------------------------------------- run-directory output
+
+def publish_dir(src_fs: pafs.FileSystem, src_path: str, run_dir: str, relative: str) -> str:
+    """Copy a directory (e.g. out of a Ray checkpoint) to `run_dir/relative`. Locally via a
+    temp name + rename, so a crash never leaves a half-copied directory under the final
+    name; on object stores (no directory rename) it is deleted and copied."""
+    fs, _ = filesystem(run_dir)
+    dst = run_path(run_dir, relative)
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = f"{dst}.tmp-{uuid.uuid4().hex[:8]}"
+        fs.create_dir(tmp, recursive=True)
+        pafs.copy_files(src_path, tmp, source_filesystem=src_fs, destination_filesystem=fs)
+        if os.path.exists(dst):
+            import shutil
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+    else:
+        if fs.get_file_info(dst).type != pafs.FileType.NotFound:
+            fs.delete_dir(dst)
+        fs.create_dir(dst, recursive=True)
+        pafs.copy_files(src_path, dst, source_filesystem=src_fs, destination_filesystem=fs)
+    return run_dir.rstrip("/") + "/" + relative if "://" in run_dir else dst
+
+
+def write_jsonl(run_dir: str, relative: str, rows: list[dict]) -> None:
+    """Rewrite a small JSONL file whole (object stores cannot append). The trainers keep the
+    history in their checkpoint, so after a resume the file holds no steps that were undone."""
+    fs, _ = filesystem(run_dir)
+    path = run_path(run_dir, relative)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with fs.open_output_stream(tmp) as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows).encode())
+    fs.move(tmp, path)
+
+
+def all_reduce_sum(x: float, device: torch.device) -> float:
+    t = torch.tensor(x, dtype=torch.float64 if device.type == "cpu" else torch.float32,
+                     device=device)
+    dist.all_reduce(t)
+    return float(t)
