@@ -2,9 +2,11 @@
 
 Packing puts several trajectories into one row of `seq_len` tokens. Attention must not
 cross from one trajectory into the next, so `position_ids` restart at 0 for each one:
-transformers (>= 4.5x, here 5.x) reads a position drop as a sequence border — the SDPA and
-eager paths build a block-diagonal causal mask from it, flash-attention turns it into varlen
-`cu_seqlens`. The test `test_packed_loss_equals_unpacked` holds us to that.
+transformers (5.x) reads a position drop as a sequence border — the SDPA and eager paths
+build a block-diagonal causal mask from it, flash-attention turns it into varlen
+`cu_seqlens` — provided no attention mask and no KV cache are passed (sft.packed_logits).
+The test `test_packed_loss_equals_unpacked` holds us to that, and checks that it would
+catch a leak.
 
 Shapes: N packed rows, T = seq_len.
 """

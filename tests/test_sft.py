@@ -1,0 +1,137 @@
+"""SFT without Ray: the loss, packing, the data order and the schedule."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from stagent_ray.config import ModelConfig
+from stagent_ray.models.build import build_tiny_model
+from stagent_ray.models.chat_format import format_tool_call, render_ids
+from stagent_ray.models.tokenizer import SYNTAX_LINES, train_tokenizer
+from stagent_ray.train.data import batch_rows, pack, steps_per_epoch, tokenize_rows
+from stagent_ray.train.sft import lr_factor, packed_logits, sft_loss
+
+TINY = ModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2,
+                   num_kv_heads=1)
+
+
+def conversation(i: int) -> list[dict]:
+    city = ["Lanford", "Beriton", "Kessa"][i % 3]
+    call = format_tool_call("map_search_places", {"query": "cafe"})
+    return [{"role": "system", "content": "You help with places."},
+            {"role": "user", "content": f"Find a cafe in {city}, request {i}" + " pls" * (i % 4)},
+            {"role": "assistant", "content": call},
+            {"role": "tool", "content": json.dumps({"places": [{"name": f"Cafe {city} {i}"}]})},
+            {"role": "assistant", "content": f"Cafe {city} {i} is open."}]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_tokenizer(SYNTAX_LINES + [json.dumps(conversation(i)) for i in range(12)], 500)
+
+
+def test_masked_tokens_get_exactly_zero_gradient():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7, requires_grad=True)
+    labels = torch.randint(0, 7, (2, 5))
+    mask = torch.tensor([[0, 1, 1, 0, 0], [1, 0, 0, 0, 1]])
+    loss = sft_loss(logits, labels, mask)
+    loss.backward()
+    assert (logits.grad[mask == 0] == 0).all()
+    assert (logits.grad[mask == 1].abs().sum(-1) > 0).all()
+    expected = torch.nn.functional.cross_entropy(logits[mask == 1], labels[mask == 1])
+    assert torch.allclose(loss, expected)
+    # an explicit token count turns the mean into sum / count (micro-batches, ranks)
+    assert torch.allclose(sft_loss(logits, labels, mask, 8), expected * 4 / 8)
+
+
+def test_tokenize_trains_only_on_assistant_tokens(tok):
+    rows = [{"messages": json.dumps(conversation(i))} for i in range(3)]
+    samples, stats = tokenize_rows(rows, tok, None, seq_len=512)
+    assert stats["rows"] == 3 and stats["truncated"] == stats["dropped"] == 0
+    ids, mask = samples[0]
+    trained = tok.decode([t for t, m in zip(ids, mask) if m])
+    assert "Cafe Lanford 0 is open." in trained and "map_search_places" in trained
+    assert "request" not in trained and "You help" not in trained  # user, system
+    assert '"places"' not in trained                                  # tool response
+    # A trajectory cut before any assistant token is dropped, not trained on.
+    first_assistant = mask.index(1)
+    _, stats = tokenize_rows(rows[:1], tok, None, seq_len=first_assistant - 1)
+    assert stats["truncated"] == stats["dropped"] == 1
+
+
+def test_pack_layout(tok):
+    samples = [render_ids(tok, conversation(i)) for i in range(6)]
+    T = 2 * max(len(ids) for ids, _ in samples) + 5
+    packed = pack(samples, T, tok.pad_token_id)
+    N = len(packed["input_ids"])
+    assert N < len(samples)                                    # rows are shared
+    assert packed["real_tokens"].sum() == sum(len(ids) - 1 for ids, _ in samples)
+    assert packed["loss_mask"].sum() == sum(sum(m[1:]) for _, m in samples)
+    for r in range(N):
+        pos, inp, lab = packed["position_ids"][r], packed["input_ids"][r], packed["labels"][r]
+        starts = [0] + [t for t in range(1, T) if pos[t] == 0]
+        ends = starts[1:] + [T]
+        for s, e in zip(starts, ends):
+            assert (pos[s:e] == np.arange(e - s)).all()        # positions restart per sample
+            if s < packed["real_tokens"][r]:                   # a real sample: labels shifted
+                whole = next(ids for ids, _ in samples if ids[:e - s] == list(inp[s:e]))
+                assert list(lab[s:e]) == whole[1:e - s + 1]
+        assert (packed["loss_mask"][r, packed["real_tokens"][r]:] == 0).all()  # padding
+
+
+def mean_loss_unpacked(model, samples):
+    """Reference: every sample alone, no padding, no packing."""
+    nll, count = 0.0, 0
+    for ids, mask in samples:
+        x = torch.tensor([ids])
+        logits = model(input_ids=x[:, :-1]).logits                          # [1, L-1, V]
+        m = torch.tensor([mask[1:]])
+        nll += float(sft_loss(logits, x[:, 1:], m) * m.sum())
+        count += int(m.sum())
+    return nll / count
+
+
+def mean_loss_packed(model, packed):
+    logits = packed_logits(model, torch.from_numpy(packed["input_ids"]).long(),
+                           torch.from_numpy(packed["position_ids"]).long())
+    return float(sft_loss(logits, torch.from_numpy(packed["labels"]).long(),
+                          torch.from_numpy(packed["loss_mask"])))
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_loss_equals_unpacked(tok, attn):
+    torch.manual_seed(0)
+    model = build_tiny_model(TINY, tok, seed=3).eval()
+    model.config._attn_implementation = attn
+    samples = [render_ids(tok, conversation(i)) for i in range(7)]
+    packed = pack(samples, 3 * max(len(ids) for ids, _ in samples), tok.pad_token_id)
+    assert len(packed["input_ids"]) < len(samples)
+    with torch.no_grad():
+        reference = mean_loss_unpacked(model, samples)
+        assert abs(mean_loss_packed(model, packed) - reference) < 1e-4
+        # The check has teeth: positions that run on across samples let attention leak.
+        leaky = dict(packed, position_ids=np.tile(np.arange(packed["input_ids"].shape[1]),
+                                                  (len(packed["input_ids"]), 1)))
+        assert abs(mean_loss_packed(model, leaky) - reference) > 1e-3
+
+
+def test_batch_rows_is_a_function_of_the_step():
+    n, B, seed = 10, 4, 7
+    per_epoch = steps_per_epoch(n, B)
+    assert per_epoch == 3
+    epoch0 = np.concatenate([batch_rows(n, B, s, seed) for s in range(per_epoch)])
+    assert set(epoch0) == set(range(n))                         # every row, every epoch
+    assert all(len(batch_rows(n, B, s, seed)) == B for s in range(9))
+    assert (batch_rows(n, B, 4, seed) == batch_rows(n, B, 4, seed)).all()
+    assert not (batch_rows(n, B, 0, seed) == batch_rows(n, B, per_epoch, seed)).all()
+
+
+def test_lr_warmup_then_cosine():
+    f = [lr_factor(s, warmup=4, total=20, min_ratio=0.1) for s in range(20)]
+    assert f[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert f[4] == 1.0 and abs(f[-1] - 0.1) < 1e-12
+    assert all(a >= b for a, b in zip(f[4:], f[5:]))
+    assert lr_factor(0, warmup=0, total=1) == 1.0
