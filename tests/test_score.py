@@ -1,0 +1,87 @@
+"""The score stage on Ray Data: a 40-query pool, N=8, 2 actors. The driver is killed
+mid-run and the stage run again: every query_id ends up exactly once, and every row equals
+a recomputation from its trajectories."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from stagent_ray.config import load_config
+from stagent_ray.rollout.ray_data import pass_at_k
+from stagent_ray.runio import query_to_row, read_table, write_table
+from stagent_ray.stages.score import run_score
+from stagent_ray.tasks.families import FAMILIES, generate_queries
+from stagent_ray.world.generate import load_world
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
+
+OVERRIDES = ["score.n_rollouts=8", "score.num_actors=2", "score.batch_size=2",
+             "sampling.max_new_tokens=24", "agent.max_turns=2", "agent.max_tokens=1200"]
+
+DRIVER = """
+import sys
+from stagent_ray.config import load_config
+from stagent_ray.ray_setup import init_ray
+from stagent_ray.stages.score import run_score
+cfg = load_config("configs/tiny.yaml", sys.argv[2:])
+init_ray(cfg.ray)
+run_score(cfg, cfg.run_dir, sys.argv[1])
+"""
+
+
+def test_score_resumes_after_driver_kill(ray_session, tmp_path, tiny_checkpoint):
+    run_dir = str(tmp_path / "run")
+    overrides = OVERRIDES + [f"run_dir={run_dir}"]
+    cfg = load_config("configs/tiny.yaml", overrides)
+    world = load_world()
+    queries = [q for f in FAMILIES for q in generate_queries(world, f, 3, seed=5)][:40]
+    assert len(queries) == 40
+    write_table(run_dir, "data/pool.parquet", [query_to_row(q) for q in queries])
+    ckpt = os.path.join(run_dir, "ckpt", "sft0")
+    shutil.copytree(tiny_checkpoint, ckpt)
+
+    # First driver joins the session's Ray; kill it once some parts are on disk.
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, ckpt, *overrides], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = os.path.join(run_dir, "data", "parts", "score")
+    deadline = time.time() + 400
+    while time.time() < deadline:
+        done = [p for p in os.listdir(parts) if p.startswith("query-")] if os.path.isdir(parts) else []
+        if len(done) >= 3 or proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written_before = len([p for p in os.listdir(parts) if p.startswith("query-")])
+    assert 0 < written_before < 20, "the kill should land mid-stage"
+
+    stats = run_score(cfg, run_dir, ckpt)
+    assert stats["resumed_skipped"] > 0
+    rows = read_table(run_dir, "data/full_qa.parquet")
+    trajs = read_table(run_dir, "data/trajectories.parquet")
+    assert sorted(r["query_id"] for r in rows) == sorted(q.query_id for q in queries)
+    keys = [(t["query_id"], t["rollout_index"]) for t in trajs]
+    assert len(keys) == len(set(keys)) == 40 * 8
+
+    by_query = {}
+    for t in trajs:
+        by_query.setdefault(t["query_id"], []).append(t)
+    for r in rows:
+        ts = sorted(by_query[r["query_id"]], key=lambda t: t["rollout_index"])
+        rewards = [t["reward"] for t in ts]
+        verified = [t["verified"] for t in ts]
+        assert r["rewards"] == rewards and r["verified"] == verified
+        assert r["mean_reward"] == pytest.approx(np.mean(rewards))
+        assert r["var_reward"] == pytest.approx(np.var(rewards))
+        c = sum(verified)
+        assert r["pass_at_1"] == pytest.approx(pass_at_k(8, c, 1))
+        assert r["learnability"] == pytest.approx((c / 8) * (1 - c / 8))
+        assert r["tokens"] == sum(t["num_generated_tokens"] for t in ts)
+        assert len(ts[0]["token_ids"]) == len(ts[0]["logprobs"]) == len(ts[0]["loss_mask"])
