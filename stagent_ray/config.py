@@ -98,9 +98,20 @@ class ServeConfig:
 
 @dataclass
 class PoolConfig:
-    queries_per_family: int = 40
+    """Where candidate queries come from: the synthetic world's families, or the user's files.
+
+    source=file reads `query_files` (.jsonl / .parquet; one query per row, its text in
+    `text_field`), runs the same funnel, and holds out `eval_fraction` of what survives as the
+    eval set (`target_size` then bounds pool + eval). Such queries carry no ground truth, so
+    they need reward.kind=judge.
+    """
+    source: str = "world"            # world | file
+    query_files: list = field(default_factory=list)  # source=file: local paths or URIs
+    text_field: str = "text"
+    eval_fraction: float = 0.1       # source=file: share of the curated queries held out
+    queries_per_family: int = 40     # source=world
     target_size: int = 300
-    eval_per_family: int = 10
+    eval_per_family: int = 10        # source=world
     lsh_threshold: float = 0.8
     semantic_threshold: float = 0.9
     embedder: str = "hashed"         # hashed | a sentence-transformers model path
@@ -185,6 +196,8 @@ class RLConfig:
 class EvalConfig:
     pass_k: int = 4
     temperature: float = 1.0
+    checkpoints: list = field(default_factory=lambda: ["base", "sft0", "sft1", "rl"])
+    teacher: bool = True
 
 
 @dataclass
@@ -235,6 +248,7 @@ class Config:
 # Values that must lie in a range; checked after every load.
 _CHOICES = {
     "world.backend": {"world", "replay", "http", "mcp"},
+    "pool.source": {"world", "file"},
     "reward.kind": {"verifier", "judge", "both"},
     "log.kind": {"none", "jsonl", "tensorboard", "wandb", "mlflow"},
     "model.dtype": {"float32", "bfloat16", "float16"},
@@ -348,6 +362,16 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("world.mcp_servers: backend 'mcp' needs at least one server spec")
     if cfg.reward.kind != "verifier" and not cfg.reward.judge_base_url:
         raise ConfigError(f"reward.judge_base_url: reward.kind={cfg.reward.kind!r} needs a judge")
+    if cfg.pool.source == "file":
+        files = cfg.pool.query_files
+        if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
+            raise ConfigError(f"pool.query_files: pool.source 'file' needs a list of paths, "
+                              f"got {files!r}")
+        if not 0.0 < cfg.pool.eval_fraction < 1.0:
+            raise ConfigError(f"pool.eval_fraction: {cfg.pool.eval_fraction} is outside (0, 1)")
+        if cfg.reward.kind != "judge":  # the verifier checks world ground truth, which files lack
+            raise ConfigError(f"reward.kind: pool.source 'file' has no ground truth, so it needs "
+                              f"'judge', not {cfg.reward.kind!r}")
     return cfg
 
 

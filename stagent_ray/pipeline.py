@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 
@@ -86,8 +87,17 @@ def run_stage(cfg: Config, stage: str) -> dict:
         return run_sft(cfg, run_dir, "sft1", "data/certain.parquet",
                        run_path(run_dir, "ckpt/sft0"), "ckpt/sft1")
     if stage == "rl":
+        from dataclasses import replace
+
+        from stagent_ray.runio import read_table
         from stagent_ray.train.rl import run_rl
-        return run_rl(cfg, run_dir, run_path(run_dir, "ckpt/sft1"), "ckpt/rl")
+        fallback = cfg.rl.prompt_set == "hard" and not read_table(run_dir, "data/hard.parquet")
+        if fallback:  # a weak πθ0 can leave no hard query: train on the pool, and say so
+            print("[rl] no hard queries in data/hard.parquet; RL runs on the whole pool "
+                  "(rl.prompt_set=all)", file=sys.stderr)
+            cfg = replace(cfg, rl=replace(cfg.rl, prompt_set="all"))
+        metrics = run_rl(cfg, run_dir, run_path(run_dir, "ckpt/sft1"), "ckpt/rl")
+        return {**metrics, "prompt_set": cfg.rl.prompt_set, "hard_set_empty": fallback}
     if stage == "eval":
         from stagent_ray.stages.evaluate import run_eval
         return run_eval(cfg, run_dir)
@@ -118,6 +128,9 @@ def run_pipeline(cfg: Config, stages: list[str] | None = None, from_stage: str |
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if "://" not in cfg.run_dir:
+        # Ray workers run in other directories: every path they receive must be absolute.
+        cfg.run_dir = os.path.abspath(cfg.run_dir)
     init_ray(cfg.ray)
     manifest = load_manifest(cfg)
     write_json(cfg.run_dir, "manifest.json", manifest)

@@ -77,12 +77,15 @@ def run_eval(cfg, run_dir: str) -> dict:
     eval_rows = read_table(run_dir, "data/eval.parquet")
     k = cfg.eval.pass_k
     summary = {}
-    teacher = evaluate_model(cfg, run_dir, "teacher", asdict(cfg.teacher), eval_rows,
-                             [("sampled", None, 1)])
-    write_json(run_dir, "eval/teacher.json", teacher)
-    summary["teacher"] = {"verified_rate": teacher["sampled"]["overall"]["verified_rate"],
-                          "mean_reward": teacher["sampled"]["overall"]["mean_reward"]}
-    for name in CHECKPOINTS:
+    if cfg.eval.teacher:
+        teacher = evaluate_model(cfg, run_dir, "teacher", asdict(cfg.teacher), eval_rows,
+                                 [("sampled", None, 1)])
+        write_json(run_dir, "eval/teacher.json", teacher)
+        summary["teacher"] = {"verified_rate": teacher["sampled"]["overall"]["verified_rate"],
+                              "mean_reward": teacher["sampled"]["overall"]["mean_reward"]}
+    for name in cfg.eval.checkpoints:
+        if name not in CHECKPOINTS:
+            raise ValueError(f"eval.checkpoints: {name!r} is not one of {CHECKPOINTS}")
         if not exists(run_dir, f"ckpt/{name}/config.json"):
             continue
         engine = {"kind": cfg.policy.kind, "model": run_path(run_dir, f"ckpt/{name}"),
