@@ -16,7 +16,7 @@ def test_overrides_are_typed_and_nested():
                                             "sft0.lora=true", "run_dir=/tmp/x", "ray.num_cpus=2"])
     assert cfg.sft0.lr == 3e-4 and cfg.score.n_rollouts == 4 and cfg.sft0.lora is True
     assert cfg.run_dir == "/tmp/x" and cfg.ray.num_cpus == 2
-    assert cfg.sft1.lr == 5e-4  # untouched sections keep the file's values
+    assert cfg.sft1.lr == 1e-3  # untouched sections keep the file's values
     assert parse_overrides(["a.b.c=1"]) == {"a": {"b": {"c": 1}}}
 
 
