@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--queries", type=int, default=16)
+    parser.add_argument("--queries", type=int, default=32)
     parser.add_argument("--n", type=int, default=4, help="rollouts per query")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=4)
@@ -48,10 +48,10 @@ def main() -> None:
         "agent.max_turns=2", f"score.batch_size={args.batch_size}"])
     ckpt = build_base_checkpoint(os.path.join(work, "base"), cfg.model, cfg.world)
     world = load_world(cfg.world.seed, cfg.world.n_cities, cfg.world.pois_per_city, cfg.world.today)
-    rows = []
-    for i in range(args.queries):
-        q = generate_queries(world, FAMILIES[i % len(FAMILIES)], 1 + i // len(FAMILIES), seed=1)[-1]
-        rows.append(query_to_row(q))
+    families = list(FAMILIES)
+    per_family = -(-args.queries // len(families))
+    queries = [q for f in families for q in generate_queries(world, f, per_family, seed=1)]
+    rows = [query_to_row(q) for q in queries[:args.queries]]
     engine = {"kind": "hf", "model": ckpt, "device": "cpu", "max_batch_size": 16}
     n_traj = len(rows) * args.n
 
