@@ -131,6 +131,11 @@ def run_pipeline(cfg: Config, stages: list[str] | None = None, from_stage: str |
     if "://" not in cfg.run_dir:
         # Ray workers run in other directories: every path they receive must be absolute.
         cfg.run_dir = os.path.abspath(cfg.run_dir)
+    for spec in cfg.world.mcp_servers:  # stdio servers are started from workers' directories
+        if "/" in spec.get("command", "") and not os.path.isabs(spec["command"]):
+            spec["command"] = os.path.abspath(spec["command"])
+        if spec.get("cwd"):
+            spec["cwd"] = os.path.abspath(spec["cwd"])
     init_ray(cfg.ray)
     manifest = load_manifest(cfg)
     write_json(cfg.run_dir, "manifest.json", manifest)

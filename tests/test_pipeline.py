@@ -21,7 +21,7 @@ TINY = [
     "sft0.epochs=1", "sft0.batch_size=2", "sft0.seq_len=1024",
     "sft1.epochs=1", "sft1.batch_size=2", "sft1.seq_len=1024",
     "rl.steps=2", "rl.prompts_per_step=2", "rl.group_size=2", "rl.micro_batch_size=2",
-    "rl.max_refill_rounds=0", "rl.prompt_set=all", "eval.pass_k=2", "split.certain_threshold=0.5",
+    "rl.max_refill_rounds=0", "rl.prompt_set=all", "eval.pass_k=2", "eval.checkpoints=[base,sft0,sft1,rl]", "split.certain_threshold=0.5",
 ]
 
 

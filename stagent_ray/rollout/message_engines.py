@@ -39,9 +39,25 @@ class OracleEngine(MessageEngine):
 
 
 def to_openai_messages(messages: list[dict]) -> list[dict]:
-    """Our messages -> OpenAI chat messages with `tool_calls` and `tool_call_id`."""
+    """Our messages -> OpenAI chat messages with `tool_calls` and `tool_call_id`.
+
+    OpenAI-style servers answer HTTP 400 unless every tool call id gets a tool message and
+    every tool message answers a call. The agent loop rejects some turns whole (more calls
+    than `agent.max_calls_per_turn`) with one error observation: that error answers each of
+    the turn's calls. A turn that did not parse has no calls, so its error goes back as a
+    user message.
+    """
     out, pending_ids = [], []
+
+    def answer_rejected_calls():
+        while pending_ids and out[-1]["role"] == "tool":
+            out.append({"role": "tool", "tool_call_id": pending_ids.pop(0),
+                        "content": out[-1]["content"]})
+        pending_ids.clear()
+
     for i, m in enumerate(messages):
+        if m["role"] != "tool":
+            answer_rejected_calls()
         if m["role"] == "assistant":
             parsed = parse_assistant_turn(m["content"], max_calls=64)
             if parsed.calls:
@@ -53,11 +69,15 @@ def to_openai_messages(messages: list[dict]) -> list[dict]:
                     for cid, c in zip(pending_ids, parsed.calls)]})
                 continue
             out.append({"role": "assistant", "content": m["content"]})
+        elif m["role"] == "tool" and pending_ids:
+            out.append({"role": "tool", "tool_call_id": pending_ids.pop(0),
+                        "content": m["content"]})
         elif m["role"] == "tool":
-            cid = pending_ids.pop(0) if pending_ids else f"call_{i}"
-            out.append({"role": "tool", "tool_call_id": cid, "content": m["content"]})
+            out.append({"role": "user", "content": f"Your last turn could not be run: "
+                                                   f"{m['content']}"})
         else:
             out.append({"role": m["role"], "content": m["content"]})
+    answer_rejected_calls()
     return out
 
 

@@ -1,4 +1,5 @@
-"""Stage `pool`: generate candidate queries and curate them, plus a held-out eval set.
+"""Stage `pool`: generate candidate queries (or read the user's) and curate them, plus a
+held-out eval set.
 
 The funnel, as in the STAgent report: generate → lexical de-duplication (MinHash + LSH over
 word shingles) → semantic de-duplication within each intent bucket (hashed n-gram vectors,
@@ -6,12 +7,18 @@ or a sentence-transformers model when configured) → k-center greedy diversity 
 down to the target size. The eval set is disjoint: no shared text, and one city (the last)
 is held out of the pool entirely so part of the eval set asks about unseen places.
 
+With `pool.source: file` the candidates are the user's own queries (JSON lines or Parquet,
+see `read_query_files`) instead of generated ones; they go through the same funnel, and a
+random `pool.eval_fraction` of the survivors becomes the eval set.
+
 Outputs: data/pool.parquet, data/eval.parquet, and the funnel counts in the stage metrics.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import random
 import re
 import zlib
 
@@ -118,7 +125,7 @@ def k_center_greedy(vectors: np.ndarray, k: int, seed: int = 0) -> list[int]:
     return sorted(picked)
 
 
-# ---------------------------------------------------------------- the stage
+# ---------------------------------------------------------------- the funnel
 
 def curate(queries: list, pool_cfg, seed: int = 0) -> tuple[list, dict]:
     """The funnel over task records; returns the kept queries and the count after each step."""
@@ -147,11 +154,128 @@ def curate(queries: list, pool_cfg, seed: int = 0) -> tuple[list, dict]:
     return queries, counts
 
 
+# ---------------------------------------------------------------- the user's own queries
+
+# A free-form travel request is most often a search under constraints; its task type
+# (retrieval) sets the judge's rubric weights.
+DEFAULT_INTENT = ("Discovery", "constrained_poi_search")
+
+
+def query_from_record(record: dict, text_field: str, where: str):
+    """One row of a user's file -> a Query (`where` names the file and line for errors).
+
+    Metadata sits in a `metadata` mapping, beside the text, or both (beside wins). `family`
+    (default "user"), `intent_l1`/`intent_l2` (a node of tasks/taxonomy.py), `difficulty`
+    (-1..5, default 1) and `city` are read; the rest becomes `params`. A `reference` answer
+    is kept as ground_truth {"reference": ...} (stored with the query; the judge does not see
+    it yet); without one the ground truth is empty.
+    """
+    from stagent_ray.tasks.query import Query
+    from stagent_ray.tasks.taxonomy import TAXONOMY
+
+    text = record.get(text_field)
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{where}: no '{text_field}' field holding the query text "
+                         f"(pool.text_field names it)")
+    meta = record.get("metadata") or {}
+    if isinstance(meta, str):  # Parquet files often keep metadata as a JSON string
+        try:
+            meta = json.loads(meta)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where}: 'metadata' is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{where}: 'metadata' must be a mapping, got {type(meta).__name__}")
+    meta = {**meta, **{k: v for k, v in record.items()
+                       if k not in (text_field, "metadata", "reference")}}
+    meta = {k: v for k, v in meta.items() if v is not None}  # Parquet nulls: absent
+
+    level1, level2 = meta.pop("intent_l1", None), meta.pop("intent_l2", None)
+    if level1 is None and level2 is None:
+        level1, level2 = DEFAULT_INTENT
+    elif level1 is None:
+        level1 = next((l1 for l1, nodes in TAXONOMY.items() if level2 in nodes), None)
+    if level2 not in TAXONOMY.get(level1, {}):
+        known = ", ".join(f"{l1}/{l2}" for l1, nodes in TAXONOMY.items() for l2 in nodes)
+        raise ValueError(f"{where}: intent {level1}/{level2} is not in the taxonomy; "
+                         f"intent_l2 (and optionally intent_l1) must name one of: {known}")
+    difficulty = meta.pop("difficulty", 1)
+    if (isinstance(difficulty, bool) or not isinstance(difficulty, int)
+            or not -1 <= difficulty <= 5):
+        raise ValueError(f"{where}: difficulty must be an integer from -1 to 5, got {difficulty!r}")
+    reference = record.get("reference")
+    text = text.strip()
+    return Query(
+        query_id=hashlib.sha1(text.encode("utf-8")).hexdigest()[:16],
+        family=str(meta.pop("family", "user")), intent={"level1": level1, "level2": level2},
+        difficulty=difficulty, text=text, city=str(meta.pop("city", "")),
+        params=json.loads(json.dumps(meta, default=str)),  # dates etc. as text: rows are JSON
+        ground_truth={} if reference is None else {"reference": reference})
+
+
+def read_query_files(paths: list[str], text_field: str = "text") -> list:
+    """The user's queries from .parquet files (one row each) or JSON lines (anything else).
+
+    Paths may be local or URIs (s3://, gs://). A malformed line, a row without text or an
+    unknown intent stops the stage with the file and line named.
+    """
+    import pyarrow.parquet as pq
+
+    from stagent_ray.runio import filesystem
+
+    queries = []
+    for path in paths:
+        fs, inner = filesystem(path)
+        try:
+            if path.endswith(".parquet"):
+                rows = pq.read_table(inner, filesystem=fs).to_pylist()
+                queries += [query_from_record(r, text_field, f"{path} row {i + 1}")
+                            for i, r in enumerate(rows)]
+                continue
+            with fs.open_input_stream(inner) as f:
+                lines = f.read().decode("utf-8").splitlines()
+        except FileNotFoundError:
+            raise ValueError(f"pool.query_files: {path} does not exist") from None
+        for lineno, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got "
+                                 f"{type(record).__name__}")
+            queries.append(query_from_record(record, text_field, f"{path}:{lineno}"))
+    if not queries:
+        raise ValueError(f"pool.query_files: no queries in {', '.join(paths)}")
+    return queries
+
+
+# ---------------------------------------------------------------- the stage
+
 def run_pool(cfg, run_dir: str) -> dict:
     """Write data/pool.parquet and data/eval.parquet; return the stage metrics."""
     from stagent_ray.runio import query_to_row, write_table
     from stagent_ray.tasks.families import FAMILIES, generate_queries
     from stagent_ray.world.generate import load_world
+
+    if cfg.pool.source == "file":
+        # No world to hold a city out of: the eval set is a random share of the curated
+        # queries, so its texts are disjoint from the pool's (the funnel removed duplicates).
+        queries, counts = curate(read_query_files(cfg.pool.query_files, cfg.pool.text_field),
+                                 cfg.pool, cfg.seed)
+        if len(queries) < 2:
+            raise ValueError(f"pool: {len(queries)} query left after curation; a pool and an "
+                             f"eval set need at least 2")
+        n_eval = min(len(queries) - 1, max(1, round(cfg.pool.eval_fraction * len(queries))))
+        held = set(random.Random(cfg.seed).sample(range(len(queries)), n_eval))
+        pool = [q for i, q in enumerate(queries) if i not in held]
+        eval_set = [q for i, q in enumerate(queries) if i in held]
+        write_table(run_dir, "data/pool.parquet", [query_to_row(q) for q in pool])
+        write_table(run_dir, "data/eval.parquet", [query_to_row(q) for q in eval_set])
+        return {"source": "file", "funnel": counts, "pool": len(pool), "eval": len(eval_set),
+                "families": {f: sum(q.family == f for q in pool)
+                             for f in sorted({q.family for q in pool})}}
 
     w = cfg.world
     world = load_world(w.seed, w.n_cities, w.pois_per_city, w.today)

@@ -3,8 +3,9 @@ scorer keeps the best verified one per query.
 
 Input: data/pool.parquet. The sample is `tiny_qa.fraction` of the pool plus
 `tiny_qa.long_tail` synthetic queries from the families the pool holds least of (the rare
-tool chains). Queries where none of the K attempts verified are recorded, never dropped
-silently. Outputs: data/tiny_qa.parquet (SFT-0 data), data/tiny_qa_unverified.parquet.
+tool chains; only for the world's own pool: a pool read from the user's files has no
+generator to draw from). Queries where none of the K attempts verified are recorded, never
+dropped silently. Outputs: data/tiny_qa.parquet (SFT-0 data), data/tiny_qa_unverified.parquet.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def sample_tiny_queries(cfg, pool_rows: list[dict], eval_texts: set[str]) -> lis
     rng = random.Random(cfg.seed)
     k = max(1, round(cfg.tiny_qa.fraction * len(pool_rows)))
     sample = rng.sample(pool_rows, min(k, len(pool_rows)))
-    if cfg.tiny_qa.long_tail <= 0:
+    if cfg.tiny_qa.long_tail <= 0 or cfg.pool.source == "file":
         return sample
     counts = {f: sum(r["family"] == f for r in pool_rows) for f in FAMILIES}
     rare = sorted(FAMILIES, key=lambda f: (counts[f], f))[:max(1, len(FAMILIES) // 4)]

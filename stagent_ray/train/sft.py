@@ -257,8 +257,12 @@ def run_sft(cfg, run_dir: str, stage: str, data_relative: str, init_checkpoint: 
         from stagent_ray.models.chat_format import prompt_tools
         from stagent_ray.world.backends import executor_from_config
 
-        tool_schemas = prompt_tools(executor_from_config(cfg.world).schemas(),
-                                    cfg.agent.tool_prompt)
+        executor = executor_from_config(cfg.world)
+        try:
+            tool_schemas = prompt_tools(executor.schemas(), cfg.agent.tool_prompt)
+        finally:
+            if hasattr(executor.backend, "close"):  # MCP: a server process and a loop thread
+                executor.backend.close()
     samples, stats = tokenize_rows(read_table(run_dir, data_relative), tokenizer, tool_schemas,
                                    sft.seq_len)
     if not samples:
