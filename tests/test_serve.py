@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from stagent_ray.config import EngineConfig, ModelConfig, ServeConfig
-from stagent_ray.models.build import build_tiny_model, load_tokenizer, save_checkpoint
+from stagent_ray.models.build import (build_tiny_model, load_model, load_tokenizer,
+                                      save_checkpoint)
 from stagent_ray.models.chat_format import format_tool_call, render_ids
 from stagent_ray.rollout.engine import SamplingParams
 from stagent_ray.rollout.hf_engine import HFEngine
@@ -79,7 +80,8 @@ def test_policy_batches_concurrent_requests_and_reloads(ray_session, serve_port,
     assert handle.version.remote().result()["version"] == 0
 
     # New weights: reload while a request is in flight; both complete.
-    new_model = build_tiny_model(ModelConfig(), tok, seed=123)
+    new_model = load_model(tiny_checkpoint)  # same shape, new weights
+    torch.manual_seed(123)
     with torch.no_grad():  # larger weights than the default init, so greedy output differs
         for p in new_model.parameters():
             p.normal_(0.0, 0.2)
