@@ -296,14 +296,18 @@ def test_byod_cascade_end_to_end(ray_session, endpoint, tmp_path):
     # Every scored rollout carries the judge's grade, exactly as its verdict implies.
     trajs = table("data/trajectories.parquet")
     assert trajs and Scripted.calls[JUDGE] > 0
+    assert any(json.loads(t["parts"]).get("judge_model") == JUDGE for t in trajs)
     by_query: dict = {}
     for t in trajs:
         parts = json.loads(t["parts"])
-        assert parts["judge_model"] == JUDGE
         want = expected_score(queries[t["query_id"]], json.loads(t["messages"]))
-        if want is None:
+        if t["stop_reason"] != "answer":  # cut off: no answer, never sent to the judge
+            assert t["reward"] == 0.0 and t["reason"].startswith("no final answer")
+        elif want is None:
+            assert parts["judge_model"] == JUDGE
             assert t["reward"] == 0.0 and t["reason"] == "no final answer"
         else:
+            assert parts["judge_model"] == JUDGE
             assert t["reward"] == pytest.approx(want) and "verdict" in parts
         assert t["verified"] == (t["reward"] >= cfg.reward.judge_pass_threshold)
         by_query.setdefault(t["query_id"], {})[t["rollout_index"]] = t["reward"]

@@ -5,7 +5,18 @@ from dataclasses import replace
 
 from stagent_ray.reward.score import Score, score_trajectory
 
-__all__ = ["Score", "score_trajectory", "make_scorer"]
+__all__ = ["Score", "score_trajectory", "make_scorer", "score_episode"]
+
+
+def score_episode(score, query, messages: list[dict], stop_reason: str) -> Score:
+    """Score a rolled-out episode. The scorer sees only messages: an episode cut off (its
+    last turn hit max_new_tokens at max_turns, or the token budget ran out) ends on a
+    fragment it would grade as an answer, and a policy learns to ramble into the cut when
+    that pays. Such an episode has no answer: reward 0."""
+    if stop_reason != "answer":
+        return Score(0.0, False, {"stop_reason": stop_reason},
+                     f"no final answer (stopped: {stop_reason})")
+    return score(query, messages)
 
 
 def make_scorer(reward_cfg):

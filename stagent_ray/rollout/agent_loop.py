@@ -112,9 +112,14 @@ async def run_episodes_async(engine, executor, queries, sampling: SamplingParams
         if t not in running:
             finish(t, "max_tokens")
 
+    turn = 0
     while running:
+        # A fresh seed per turn: re-seeding every turn with one seed repeats the same noise.
+        turn_sampling = sampling if sampling.seed is None else \
+            SamplingParams(**{**asdict(sampling), "seed": sampling.seed + 1_000_003 * turn})
+        turn += 1
         outputs = await asyncio.to_thread(engine.generate, [t.token_ids for t in running],
-                                          sampling)
+                                          turn_sampling)
         for t, gen in zip(running, outputs):
             budget = agent.max_tokens - len(t.token_ids)
             if len(gen.token_ids) > budget:  # past the trajectory's token budget: cut

@@ -123,13 +123,15 @@ class RolloutActor:
                             [(q.query_id, q.text) for q, _ in episodes], sampling, agent)
 
     def __call__(self, batch: dict) -> dict:
+        from stagent_ray.reward import score_episode
+
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
         queries = [row_to_query(r) for r in rows]
         trajs = self.rollout(queries)
         traj_rows = []
         for k, t in enumerate(trajs):
             q = queries[k // self.n]
-            score = self.score(q, t.messages)
+            score = score_episode(self.score, q, t.messages, t.stop_reason)
             traj_rows.append({
                 "query_id": q.query_id, "rollout_index": k % self.n,
                 "reward": float(score.value), "verified": bool(score.verified),

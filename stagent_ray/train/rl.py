@@ -6,11 +6,14 @@ One RL step, in every Ray Train worker:
   1. rollout   each worker takes its share of the step's prompts and runs G episodes per
                prompt through the agent loop with tools — with an engine inside the worker
                (`rl.rollout_engine: inprocess`) or through the Policy deployment (`serve`);
-  2. scoring   the scorer grades every trajectory; workers exchange their groups so every
-               worker sees the whole batch; groups whose rewards are all equal carry no
-               signal and are dropped, and more prompts are drawn to refill (dynamic sampling);
+  2. scoring   the scorer grades every trajectory (an episode cut off before its answer
+               scores 0); workers exchange their groups so every worker sees the whole
+               batch; for GRPO/GSPO, groups whose rewards are all equal carry no signal and
+               are dropped, and more prompts are drawn to refill (dynamic sampling);
   3. update    advantages (group-normalised for GRPO/GSPO, GAE with a critic for PPO),
-               old log-probs recomputed by the trainer, `rl.mini_batches` optimizer steps;
+               old log-probs recomputed by the trainer (each rank its share), then
+               `rl.mini_batches` optimizer steps. Every loss is the mean over the whole
+               mini-batch's tokens (or sequences), however ranks and micro-batches split it;
   4. sync      the new weights go to the rollout engine: in place for the in-process engine,
                `Policy.reload` on Ray Serve.
 The trainer's log-probs on freshly rolled-out tokens are compared with the engine's
@@ -22,6 +25,7 @@ metric history) go through Ray Train, so a killed run resumes.
 from __future__ import annotations
 
 import json
+import math
 import os
 import posixpath
 import random
@@ -37,6 +41,7 @@ from stagent_ray.train.common import (adamw, all_reduce_sum, attention_for, expo
                                       grad_norm_and_clip, load_for_training, load_train_state,
                                       local_model_dir, publish_dir, save_train_state,
                                       shard_model, write_jsonl)
+from stagent_ray.train.sft import POLL_ENV, POLL_S
 
 CPUS_PER_CPU_WORKER = 0.5
 
@@ -91,10 +96,19 @@ def pad_batch(seqs: list[dict], pad_id: int, device) -> dict[str, torch.Tensor]:
 
 
 def sequence_logprobs(model, batch: dict, temperature: float, with_entropy: bool = False):
+    """Log-probs of the targets [B, T] (and entropies [B, T]); 0 at positions where no row of
+    the batch has a sampled token. Logits are computed only at the other positions
+    (`logits_to_keep` takes indices): prompts and tool outputs, most of a sequence, never
+    need the [B, T, V] logits."""
+    keep = torch.nonzero(batch["mask"].any(0)).squeeze(-1)             # [K]
     logits = model(input_ids=batch["inputs"], attention_mask=batch["attention_mask"],
-                   use_cache=False).logits
-    logp = L.token_logprobs(logits, batch["targets"], temperature)     # [B, T]
-    entropy = L.entropy_from_logits(logits / temperature) if with_entropy else None
+                   use_cache=False, logits_to_keep=keep).logits        # [B, K, V]
+    logp = torch.zeros_like(batch["mask"])
+    logp[:, keep] = L.token_logprobs(logits, batch["targets"][:, keep], temperature)
+    entropy = None
+    if with_entropy:
+        entropy = torch.zeros_like(batch["mask"])
+        entropy[:, keep] = L.entropy_from_logits(logits.float() / temperature)
     return logp, entropy
 
 
@@ -107,7 +121,7 @@ def rl_loop(config: dict) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     from stagent_ray.config import config_from_dict
-    from stagent_ray.reward import make_scorer
+    from stagent_ray.reward import make_scorer, score_episode
     from stagent_ray.rollout.agent_loop import run_episodes
     from stagent_ray.rollout.engine import SamplingParams
     from stagent_ray.rollout.ray_data import episode_seed
@@ -134,9 +148,12 @@ def rl_loop(config: dict) -> None:
         critic_opt = adamw(critic, rl.critic_lr, 0.0, device)
     ref = None
     if rl.kl_coef > 0:
-        from transformers import AutoModelForCausalLM
-        ref = AutoModelForCausalLM.from_pretrained(local_model_dir(init), dtype=torch.float32)
-        ref = ref.to(device).eval().requires_grad_(False)
+        # The frozen reference (the init checkpoint), sharded like the policy: a full copy
+        # per GPU would not fit for the models FSDP is for, and the same mixed precision
+        # keeps the KL free of a bf16-vs-fp32 offset. Its forwards are collective too; they
+        # run in lockstep with the policy's (update_policy).
+        ref = load_for_training(init, attn_implementation=attention_for(device))
+        ref = shard_model(ref.eval().requires_grad_(False), device)
 
     if rl.rollout_engine == "serve":
         from ray import serve
@@ -179,14 +196,19 @@ def rl_loop(config: dict) -> None:
     sampling_base = dict(temperature=rl.temperature, top_p=cfg.sampling.top_p,
                          top_k=cfg.sampling.top_k, max_new_tokens=cfg.sampling.max_new_tokens)
     G, P = rl.group_size, rl.prompts_per_step
+    # Dynamic sampling (DAPO) drops groups whose rewards are all equal: their group-relative
+    # advantages are zero. PPO's advantages come from the critic, not the group, so such
+    # groups still teach it (and the critic must see all-pass / all-fail prompts too).
+    filter_groups = rl.dynamic_sampling and rl.algorithm != "ppo"
     for step in range(start, rl.steps):
         if config["fail_at_step"] == step + 1 and rank == 0:
             os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the resume test
         times = {"rollout": 0.0, "scoring": 0.0, "update": 0.0, "sync": 0.0}
+        step_start = time.perf_counter()
 
         # 1-2. rollouts, scoring and dynamic sampling --------------------------------
         kept, sampled_groups, episodes = [], 0, []
-        for round_ in range(1 + (rl.max_refill_rounds if rl.dynamic_sampling else 0)):
+        for round_ in range(1 + (rl.max_refill_rounds if filter_groups else 0)):
             need = P if round_ == 0 else P - len(kept)
             if need <= 0:
                 break
@@ -205,7 +227,7 @@ def rl_loop(config: dict) -> None:
             for j, q in enumerate(queries):
                 group = []
                 for tr in trajs[j * G:(j + 1) * G]:
-                    score = score_trajectory(q, tr.messages)
+                    score = score_episode(score_trajectory, q, tr.messages, tr.stop_reason)
                     group.append({"token_ids": tr.token_ids, "logprobs": tr.logprobs,
                                   "loss_mask": tr.loss_mask, "reward": float(score.value),
                                   "verified": bool(score.verified),
@@ -220,10 +242,8 @@ def rl_loop(config: dict) -> None:
             for g in all_groups:
                 episodes += g
                 rewards = [e["reward"] for e in g]
-                if not rl.dynamic_sampling or max(rewards) - min(rewards) > 1e-9:
+                if not filter_groups or max(rewards) - min(rewards) > 1e-9:
                     kept.append(g)
-            if not rl.dynamic_sampling:
-                break
 
         # 3. advantages and update ---------------------------------------------------
         t = time.perf_counter()
@@ -261,6 +281,9 @@ def rl_loop(config: dict) -> None:
             "tool_errors_per_episode": sum(e["tool_errors"] for e in episodes) / n_ep,
             "response_tokens": sum(e["gen_tokens"] for e in episodes) / n_ep,
             **stats, **{f"time_{k}_s": v for k, v in times.items()},
+            # wall clock of the whole step on rank 0: the parts above plus waiting for the
+            # other ranks (the exchange of groups, collectives)
+            "time_step_s": time.perf_counter() - step_start,
             "start_step": start,
         }
         history.append(metrics)
@@ -291,64 +314,78 @@ def update_policy(seqs, model, optimizer, critic, critic_opt, ref, rl, rank, wor
     T_temp = rl.temperature
     mb_size = rl.micro_batch_size
 
-    def micro_batches(items):
-        return [items[i:i + mb_size] for i in range(0, len(items), mb_size)]
-
-    # Old log-probs (and values) with the weights that produced the rollouts.
+    # Old log-probs (and reference log-probs, values) with the weights that produced the
+    # rollouts. Each rank scores its share only (scoring the whole batch on every rank would
+    # cost `world` times the compute), then the ranks exchange the results.
     model.eval()
-    gaps, gap_max = [], 0.0
+    share = list(range(rank, len(seqs), world))
+    # The same number of forwards on every rank (FSDP all-gathers are collective): the largest
+    # share sets it, a rank with a smaller share runs dummy forwards.
+    n_chunks = math.ceil(math.ceil(len(seqs) / world) / mb_size)
+    scored, gap_sum, gap_count, gap_max = {}, 0.0, 0, 0.0
     with torch.no_grad():
-        for chunk in micro_batches(seqs):
-            batch = pad_batch(chunk, pad_id, device)
+        for c in range(n_chunks):
+            idx = share[c * mb_size:(c + 1) * mb_size]
+            batch = pad_batch([seqs[i] for i in idx] or [seqs[0]], pad_id, device)
             logp, _ = sequence_logprobs(model, batch, T_temp)
-            m = batch["mask"] > 0
-            diff = (logp - batch["rollout_logprobs"]).abs()[m]
-            gaps.append(diff)
-            gap_max = max(gap_max, float(diff.max()) if diff.numel() else 0.0)
-            for s, lp in zip(chunk, logp):
-                s["old_logprobs"] = lp[:len(s["token_ids"]) - 1].cpu().tolist()
-            if ref is not None:
-                ref_lp, _ = sequence_logprobs(ref, batch, T_temp)
-                for s, lp in zip(chunk, ref_lp):
-                    s["ref_logprobs"] = lp[:len(s["token_ids"]) - 1].cpu().tolist()
+            ref_lp = sequence_logprobs(ref, batch, T_temp)[0] if ref is not None else None
             if critic is not None:
                 values = critic(batch["inputs"], batch["attention_mask"]) * batch["mask"]
                 rewards = torch.zeros_like(values)
-                for i, s in enumerate(chunk):  # the trajectory reward lands on its last token
-                    last = int(torch.nonzero(batch["mask"][i]).max())
-                    rewards[i, last] = s["reward"]
+                for j, i in enumerate(idx):  # the trajectory reward lands on its last token
+                    sampled = torch.nonzero(batch["mask"][j])
+                    if sampled.numel():
+                        rewards[j, int(sampled.max())] = seqs[i]["reward"]
+                # Tool-response tokens are off the mask: GAE bootstraps across them.
                 adv, ret = L.gae(rewards, values, batch["mask"], rl.gamma, rl.lam)
-                for i, s in enumerate(chunk):
-                    n = len(s["token_ids"]) - 1
-                    s["token_adv"], s["returns"] = adv[i, :n].cpu().tolist(), ret[i, :n].cpu().tolist()
-                    s["old_values"] = values[i, :n].cpu().tolist()
-    all_gaps = torch.cat(gaps) if gaps else torch.zeros(1)
+            for j, i in enumerate(idx):
+                n = len(seqs[i]["token_ids"]) - 1
+                m = batch["mask"][j, :n] > 0
+                diff = (logp[j, :n] - batch["rollout_logprobs"][j, :n]).abs()[m]
+                gap_sum, gap_count = gap_sum + float(diff.sum()), gap_count + diff.numel()
+                gap_max = max(gap_max, float(diff.max()) if diff.numel() else 0.0)
+                out = {"old_logprobs": logp[j, :n].cpu().tolist()}
+                if ref_lp is not None:
+                    out["ref_logprobs"] = ref_lp[j, :n].cpu().tolist()
+                if critic is not None:
+                    out.update(token_adv=adv[j, :n].cpu().tolist(),
+                               returns=ret[j, :n].cpu().tolist(),
+                               old_values=values[j, :n].cpu().tolist())
+                scored[i] = out
+    gathered = [None] * world
+    dist.all_gather_object(gathered, scored)
+    for part in gathered:
+        for i, out in part.items():
+            seqs[i].update(out)
+    gap_mean = all_reduce_sum(gap_sum, device) / max(1.0, all_reduce_sum(gap_count, device))
+    gap_max = all_reduce_max(gap_max, device)
     if critic is not None:  # whiten token advantages over the batch
         flat = torch.tensor([a for s in seqs for a, m in zip(s["token_adv"], s["loss_mask"][1:]) if m])
-        mean, std = flat.mean(), flat.std().clamp(min=1e-6)
-        for s in seqs:
-            s["token_adv"] = [(a - float(mean)) / float(std) for a in s["token_adv"]]
+        if flat.numel() > 1:
+            mean, std = float(flat.mean()), float(flat.std().clamp(min=1e-6))
+            for s in seqs:
+                s["token_adv"] = [(a - mean) / std for a in s["token_adv"]]
 
     model.train()
     stats = {"policy_loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "entropy": 0.0,
              "value_loss": 0.0, "grad_norm": 0.0}
-    order = list(range(len(seqs)))
     n_mini = min(rl.mini_batches, len(seqs))
     for k in range(n_mini):
-        mini = [seqs[i] for i in order[k::n_mini]]
+        mini = seqs[k::n_mini]
         mine = mini[rank::world]
-        # Global normalisers: every rank's share / the mini-batch's total tokens (or seqs).
-        total_tokens = sum(sum(s["loss_mask"][1:]) for s in mini)
+        # Global normalisers: each micro-batch's loss is weighted by its share of the whole
+        # mini-batch (all ranks): tokens for token-level terms, sequences for sequence-level
+        # ones. Summed over micro-batches and ranks, that is the mini-batch's mean.
+        total_tokens = max(1, sum(sum(s["loss_mask"][1:]) for s in mini))
         total_seqs = len(mini)
-        chunks = micro_batches(mine)
-        # Ranks must run the same number of backward passes (FSDP collectives).
-        n_chunks = int(all_reduce_max(len(chunks), device))
-        chunks += [[]] * (n_chunks - len(chunks))
-        for chunk in chunks:
-            if not chunk:  # a dummy pass keeps the collectives in step, contributes zero
-                chunk, scale = [mine[0] if mine else mini[0]], 0.0
-            else:
-                scale = 1.0
+        total_scored = max(1, sum(1 for s in mini if any(s["loss_mask"][1:])))  # GSPO's count
+        # Ranks must run the same number of forward/backward passes (FSDP collectives): the
+        # largest share sets it; dummy passes (weight 0) fill the others.
+        n_chunks = math.ceil(math.ceil(len(mini) / world) / mb_size)
+        for c in range(n_chunks):
+            chunk, scale = mine[c * mb_size:(c + 1) * mb_size], 1.0
+            if not chunk:
+                chunk, scale = [mini[0]], 0.0
             batch = pad_batch(chunk, pad_id, device)
             for key in ("old_logprobs", "ref_logprobs", "token_adv", "returns", "old_values"):
                 if key in chunk[0]:
@@ -358,33 +395,35 @@ def update_policy(seqs, model, optimizer, critic, critic_opt, ref, rl, rank, wor
                     batch[key] = t
             logp, entropy = sequence_logprobs(model, batch, T_temp, with_entropy=True)
             m = batch["mask"]
-            tokens = float(m.sum())
+            token_w = scale * float(m.sum()) / total_tokens
             if rl.algorithm == "gspo":
-                loss, clip = L.gspo_policy_loss(logp, batch["old_logprobs"], batch["advantage"][:, 0],
-                                                m, rl.gspo_clip_low, rl.gspo_clip_high)
-                weight = len(chunk) / total_seqs
+                # gspo_policy_loss averages over the sequences that have sampled tokens
+                loss, clip = L.gspo_policy_loss(logp, batch["old_logprobs"],
+                                                batch["advantage"][:, 0], m,
+                                                rl.gspo_clip_low, rl.gspo_clip_high)
+                weight = scale * float((m.sum(-1) > 0).sum()) / total_scored
             else:
                 adv = batch["token_adv"] if rl.algorithm == "ppo" else batch["advantage"]
                 loss, clip = L.clipped_policy_loss(logp, batch["old_logprobs"], adv, m,
                                                    rl.clip_low, rl.clip_high, rl.loss_agg)
-                weight = (tokens / max(1, total_tokens) if rl.loss_agg == "token-mean"
-                          else len(chunk) / total_seqs)
+                weight = token_w if rl.loss_agg == "token-mean" else scale * len(chunk) / total_seqs
+            # Entropy and KL are token-level terms whatever the policy loss aggregates.
             ent = L.masked_mean(entropy, m)
-            total = loss - rl.entropy_coef * ent
+            total = loss * weight - rl.entropy_coef * ent * token_w
             if ref is not None:
                 kl = L.masked_mean(L.kl_penalty(logp, batch["ref_logprobs"], rl.kl_estimator), m)
-                total = total + rl.kl_coef * kl
-                stats["kl"] += float(kl.detach()) * weight * scale / n_mini
-            # FSDP averages gradients over ranks; x world undoes it (sum of shares).
-            (total * weight * scale * world).backward()
-            stats["policy_loss"] += float(loss.detach()) * weight * scale / n_mini
-            stats["clip_frac"] += float(clip) * weight * scale / n_mini
-            stats["entropy"] += float(ent.detach()) * weight * scale / n_mini
+                total = total + rl.kl_coef * kl * token_w
+                stats["kl"] += float(kl.detach()) * token_w / n_mini
+            # FSDP averages gradients over ranks; x world turns that into the sum of the shares.
+            (total * world).backward()
+            stats["policy_loss"] += float(loss.detach()) * weight / n_mini
+            stats["clip_frac"] += float(clip) * weight / n_mini
+            stats["entropy"] += float(ent.detach()) * token_w / n_mini
             if critic is not None:
                 values = critic(batch["inputs"], batch["attention_mask"])
                 vloss = L.value_loss(values, batch["old_values"], batch["returns"], m)
-                (rl.vf_coef * vloss * tokens / max(1, total_tokens) * scale * world).backward()
-                stats["value_loss"] += float(vloss.detach()) * tokens / max(1, total_tokens) * scale / n_mini
+                (rl.vf_coef * vloss * token_w * world).backward()
+                stats["value_loss"] += float(vloss.detach()) * token_w / n_mini
         stats["grad_norm"] += float(grad_norm_and_clip(model, rl.grad_clip)) / n_mini
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -395,8 +434,7 @@ def update_policy(seqs, model, optimizer, critic, critic_opt, ref, rl, rank, wor
     # Each rank summed only its own share of the statistics.
     for key in ("policy_loss", "clip_frac", "kl", "entropy", "value_loss"):
         stats[key] = all_reduce_sum(stats[key], device)
-    stats["logprob_gap"] = float(all_gaps.mean()) if all_gaps.numel() else 0.0
-    stats["logprob_gap_max"] = gap_max
+    stats["logprob_gap"], stats["logprob_gap_max"] = gap_mean, gap_max
     dist.barrier()
     return stats
 
@@ -453,9 +491,14 @@ def run_rl(cfg, run_dir: str, init_checkpoint: str, out_relative: str, *,
             failure_config=failure_config or FailureConfig(max_failures=2,
                                                            controller_failure_limit=3),
             checkpoint_config=CheckpointConfig(num_to_keep=2)))
+    set_poll = POLL_ENV not in os.environ
+    if set_poll:  # see sft.py: reports block until polled; poll faster unless the user chose
+        os.environ[POLL_ENV] = POLL_S
     try:
         result = trainer.fit()
     finally:
+        if set_poll:
+            os.environ.pop(POLL_ENV, None)
         if serve_app:
             from ray import serve
             serve.delete(serve_app)
@@ -472,7 +515,7 @@ def run_rl(cfg, run_dir: str, init_checkpoint: str, out_relative: str, *,
             "reward_last_quarter": float(np.mean([h["reward_mean"] for h in last])),
             "logprob_gap_max": max(h["logprob_gap_max"] for h in history),
             "time_split_s": {k: float(np.mean([h[f"time_{k}_s"] for h in history]))
-                             for k in ("rollout", "scoring", "update", "sync")}}
+                             for k in ("rollout", "scoring", "update", "sync", "step")}}
 
 
 def read_history(run_dir: str) -> list[dict]:
