@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--queries", type=int, default=32)
+    parser.add_argument("--queries", type=int, default=64)
     parser.add_argument("--n", type=int, default=4, help="rollouts per query")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=4)
