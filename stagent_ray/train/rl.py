@@ -38,12 +38,11 @@ import torch
 
 from stagent_ray.train import losses as L
 from stagent_ray.train.common import (adamw, all_reduce_sum, attention_for, export_hf,
+                                      fit_on_ray_train,
                                       grad_norm_and_clip, load_for_training, load_train_state,
                                       local_model_dir, publish_dir, save_train_state,
                                       shard_model, write_jsonl)
-from stagent_ray.train.sft import POLL_ENV, POLL_S
 
-CPUS_PER_CPU_WORKER = 0.5
 
 
 class ValueModel(torch.nn.Module):
@@ -453,8 +452,6 @@ def run_rl(cfg, run_dir: str, init_checkpoint: str, out_relative: str, *,
     """Train from `init_checkpoint` on the hard queries of the run (data/hard.parquet,
     joined with data/pool.parquet for their ground truth); export to `out_relative`."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from stagent_ray.config import config_to_dict
     from stagent_ray.runio import read_table, run_path
@@ -469,9 +466,6 @@ def run_rl(cfg, run_dir: str, init_checkpoint: str, out_relative: str, *,
         raise ValueError("rl: no hard queries to train on (see data/split_report.json); "
                          "lower split.certain_threshold, score more queries, or set rl.prompt_set=all")
     rl = cfg.rl
-    use_gpu = torch.cuda.is_available()
-    storage = (run_dir.rstrip("/") + "/train" if "://" in run_dir
-               else os.path.join(os.path.abspath(run_dir), "train"))
     serve_app = None
     if rl.rollout_engine == "serve":
         from stagent_ray.serve.deployments import deploy_policy
@@ -481,24 +475,9 @@ def run_rl(cfg, run_dir: str, init_checkpoint: str, out_relative: str, *,
               "init_checkpoint": init_checkpoint, "prompts_ref": ray.put(prompts),
               "fail_at_step": fail_at_step, "serve_app": serve_app,
               "sync_dir": run_path(run_dir, "train/rl_sync")}
-    trainer = TorchTrainer(
-        rl_loop, train_loop_config=config,
-        scaling_config=ScalingConfig(
-            num_workers=rl.num_workers, use_gpu=use_gpu,
-            resources_per_worker=None if use_gpu else {"CPU": CPUS_PER_CPU_WORKER}),
-        run_config=RunConfig(
-            name="rl", storage_path=storage,
-            failure_config=failure_config or FailureConfig(max_failures=2,
-                                                           controller_failure_limit=3),
-            checkpoint_config=CheckpointConfig(num_to_keep=2)))
-    set_poll = POLL_ENV not in os.environ
-    if set_poll:  # see sft.py: reports block until polled; poll faster unless the user chose
-        os.environ[POLL_ENV] = POLL_S
     try:
-        result = trainer.fit()
+        result = fit_on_ray_train(rl_loop, config, "rl", run_dir, rl.num_workers, failure_config)
     finally:
-        if set_poll:
-            os.environ.pop(POLL_ENV, None)
         if serve_app:
             from ray import serve
             serve.delete(serve_app)

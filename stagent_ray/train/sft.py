@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from stagent_ray.config import SFTConfig
 from stagent_ray.train.common import (adamw, all_reduce_sum, attention_for, export_hf,
+                                      fit_on_ray_train, storage_path,
                                       flops_per_token, grad_norm_and_clip, load_for_training,
                                       load_train_state, local_model_dir, peak_flops, publish_dir,
                                       save_train_state, shard_model, write_jsonl)
@@ -50,13 +51,7 @@ from stagent_ray.train.data import (batch_rows, fingerprint, pack, steps_per_epo
 
 logger = logging.getLogger(__name__)
 MIN_LR_RATIO = 0.1        # cosine decays to 10% of the peak lr (no config field yet)
-CPUS_PER_CPU_WORKER = 0.5  # Ray CPU reservation per worker on CPU hosts: two fit on 2 cores
 CHECKPOINTS_TO_KEEP = 2
-# Ray Train V2 workers hand each report to a queue of size 1 that the controller drains
-# when it polls them, every 2 s by default: a report blocks until the previous one was
-# polled, so a tiny model logging every step ran at one step per 2 s. Poll faster unless
-# the user chose an interval.
-POLL_ENV, POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"
 
 
 # ---------------------------------------------------------------- pure functions
@@ -241,8 +236,6 @@ def run_sft(cfg, run_dir: str, stage: str, data_relative: str, init_checkpoint: 
     resumed_from_step (0 for a fresh run), and the data counts (samples, truncated,
     dropped, packed_rows, pack_efficiency).
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
     import ray
 
     from stagent_ray.models.build import load_tokenizer
@@ -284,10 +277,7 @@ def run_sft(cfg, run_dir: str, stage: str, data_relative: str, init_checkpoint: 
     if max_steps:
         total = min(total, max_steps)
 
-    use_gpu = torch.cuda.is_available()
-    storage = (run_dir.rstrip("/") + "/train" if "://" in run_dir
-               else os.path.join(os.path.abspath(run_dir), "train"))
-    config = {"stage": stage, "run_dir": run_dir, "storage": f"{storage}/{stage}",
+    config = {"stage": stage, "run_dir": run_dir, "storage": f"{storage_path(run_dir)}/{stage}",
               "init_checkpoint": init, "data_ref": ray.put(packed),
               "fingerprint": fingerprint(packed), "total_steps": total, "seed": cfg.seed,
               "seq_len": sft.seq_len, "batch_size": sft.batch_size, "grad_accum": sft.grad_accum,
@@ -296,24 +286,8 @@ def run_sft(cfg, run_dir: str, stage: str, data_relative: str, init_checkpoint: 
               "merge_lora": merge_lora, "activation_checkpointing": activation_checkpointing,
               "log_every": sft.log_every, "checkpoint_every": sft.checkpoint_every,
               "fail_at_step": fail_at_step}
-    trainer = TorchTrainer(
-        train_loop, train_loop_config=config,
-        scaling_config=ScalingConfig(
-            num_workers=sft.num_workers, use_gpu=use_gpu,
-            resources_per_worker=None if use_gpu else {"CPU": CPUS_PER_CPU_WORKER}),
-        run_config=RunConfig(
-            name=stage, storage_path=storage,
-            failure_config=failure_config or FailureConfig(max_failures=2,
-                                                           controller_failure_limit=3),
-            checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP)))
-    set_poll = POLL_ENV not in os.environ
-    if set_poll:  # read from the driver's environment when fit() starts the controller
-        os.environ[POLL_ENV] = POLL_S
-    try:
-        result = trainer.fit()
-    finally:
-        if set_poll:
-            os.environ.pop(POLL_ENV, None)
+    result = fit_on_ray_train(train_loop, config, stage, run_dir, sft.num_workers,
+                              failure_config, CHECKPOINTS_TO_KEEP)
     ckpt, metrics = result.checkpoint, result.metrics or {}
     if ckpt is None or metrics.get("step") != total:
         raise RuntimeError(f"{stage}: training ended without its final checkpoint "
