@@ -4,20 +4,19 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from stagent_ray.tasks.oracle_steps import (call, failed, lookup, maybe_broken, not_found, open_during,
-                                            tool_trouble)
+from stagent_ray.tasks.oracle_steps import (call, failed, lookup, lookup_all, maybe_broken,
+                                            not_found, open_during, tool_trouble)
 
 MODE_WORDS = {"driving": "driving", "walking": "walking", "bicycling": "cycling", "transit": "public transit"}
 
 
 def solve_route_stop(query, rng, noise):
     p = query.params
-    start = yield from lookup(p["origin"], p["origin_city"], rng, noise)
-    if start is None:
-        return not_found(p["origin"], p["origin_city"])
-    end = yield from lookup(p["destination"], p["destination_city"], rng, noise)
-    if end is None:
-        return not_found(p["destination"], p["destination_city"])
+    hits, failure = yield from lookup_all([(p["origin"], p["origin_city"]),
+                                           (p["destination"], p["destination_city"])], rng, noise)
+    if failure:
+        return failure
+    start, end = hits
     args = {"query": p["search_query"], "origin": start["location"], "destination": end["location"],
             "limit": 50}
     if rng.random() < noise / 2:  # wrong argument: keeps the default page of 10
@@ -43,12 +42,11 @@ def solve_route_stop(query, rng, noise):
 
 def solve_mode_choice(query, rng, noise):
     p = query.params
-    a = yield from lookup(p["origin"], p["city"], rng, noise)
-    if a is None:
-        return not_found(p["origin"], p["city"])
-    b = yield from lookup(p["destination"], p["city"], rng, noise)
-    if b is None:
-        return not_found(p["destination"], p["city"])
+    hits, failure = yield from lookup_all([(p["origin"], p["city"]), (p["destination"], p["city"])],
+                                          rng, noise)
+    if failure:
+        return failure
+    a, b = hits
     args = {"origin": a["location"], "destination": b["location"], "modes": list(p["modes"]),
             "departure_time": p["depart"]}
     if rng.random() < noise / 2:  # skipped constraint: leaves at "now" instead
@@ -72,12 +70,11 @@ def solve_mode_choice(query, rng, noise):
 
 def solve_drive_time(query, rng, noise):
     p = query.params
-    a = yield from lookup(p["origin"], p["city"], rng, noise)
-    if a is None:
-        return not_found(p["origin"], p["city"])
-    b = yield from lookup(p["destination"], p["city"], rng, noise)
-    if b is None:
-        return not_found(p["destination"], p["city"])
+    hits, failure = yield from lookup_all([(p["origin"], p["city"]), (p["destination"], p["city"])],
+                                          rng, noise)
+    if failure:
+        return failure
+    a, b = hits
     args = {"origin": a["location"], "destination": b["location"], "modes": ["driving"]}
     if "depart" in p:
         args["departure_time"] = p["depart"]

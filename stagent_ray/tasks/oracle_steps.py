@@ -68,6 +68,18 @@ def lookup(name: str, city: str, rng, noise: float):
     return hit
 
 
+def lookup_all(places: list[tuple[str, str]], rng, noise: float):
+    """Look up each (name, city) in turn; returns (hits, None), or (None, the answer to give)
+    at the first place that can't be found."""
+    hits = []
+    for name, city in places:
+        hit = yield from lookup(name, city, rng, noise)
+        if hit is None:
+            return None, not_found(name, city)
+        hits.append(hit)
+    return hits, None
+
+
 def not_found(name: str, city: str) -> str:
     return (f"I couldn't locate {name} in {city} with the map search, so I can't answer this reliably. "
             f"Could you check the name?")
