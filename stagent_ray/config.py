@@ -154,6 +154,8 @@ class SFTConfig:
     num_workers: int = 2
     lora: bool = False
     lora_rank: int = 16
+    compile: bool = False            # torch.compile each decoder layer (GPUs: ~1.5x faster)
+    activation_checkpointing: bool = False  # recompute layers in backward: less memory
     checkpoint_every: int = 50
     log_every: int = 10
 
@@ -222,6 +224,28 @@ class LogConfig:
 
 
 @dataclass
+class FaultConfig:
+    """Fault injection for reliability tests (off by default) and how hard to retry.
+
+    The four fractions are shares of calls: a tool call that hangs past
+    `world.tool_timeout_s` (each one costs that long: set it low when injecting), a tool
+    backend that raises, or one that returns a payload that is not a JSON object; a
+    generation replaced by garbage. Tool faults are the infrastructure's doing: the call is
+    tried again (`tool_retries`), an episode still hit is rolled out again
+    (`episode_rerolls`), and one hit even then is marked and left out of every score. Garbage
+    output is the model's own failure and is scored as such. Same seed, same faults.
+    """
+    tool_timeout: float = 0.0
+    tool_error: float = 0.0
+    tool_malformed: float = 0.0
+    engine_garbage: float = 0.0
+    seed: int = 0
+    tool_retries: int = 2
+    episode_rerolls: int = 2
+    actor_crash_once: bool = False   # one rollout actor per Data stage dies mid-batch (tests)
+
+
+@dataclass
 class Config:
     run_dir: str = "runs/tiny"
     seed: int = 0
@@ -243,6 +267,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
 
 
 # Values that must lie in a range; checked after every load.
@@ -358,6 +383,7 @@ def validate(cfg: Config) -> Config:
         value = getattr(getattr(cfg, section), name)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"{dotted}: {value} is outside [0, 1]")
+    _validate_faults(cfg.faults)
     if cfg.world.backend == "mcp" and not cfg.world.mcp_servers:
         raise ConfigError("world.mcp_servers: backend 'mcp' needs at least one server spec")
     if cfg.reward.kind != "verifier" and not cfg.reward.judge_base_url:
@@ -373,6 +399,18 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"reward.kind: pool.source 'file' has no ground truth, so it needs "
                               f"'judge', not {cfg.reward.kind!r}")
     return cfg
+
+
+def _validate_faults(f: FaultConfig) -> None:
+    for name in ("tool_timeout", "tool_error", "tool_malformed", "engine_garbage"):
+        if not 0.0 <= getattr(f, name) <= 1.0:
+            raise ConfigError(f"faults.{name}: {getattr(f, name)} is outside [0, 1]")
+    total = f.tool_timeout + f.tool_error + f.tool_malformed
+    if total > 1.0:
+        raise ConfigError(f"faults.tool_timeout + tool_error + tool_malformed: {total} is over 1")
+    for name in ("tool_retries", "episode_rerolls"):
+        if getattr(f, name) < 0:
+            raise ConfigError(f"faults.{name}: must be >= 0")
 
 
 def config_from_dict(data: dict) -> Config:

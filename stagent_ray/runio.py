@@ -54,11 +54,11 @@ def write_table(run_dir: str, relative: str, rows: list[dict] | pa.Table) -> str
     return path
 
 
-def read_table(run_dir: str, relative: str) -> list[dict]:
+def read_table(run_dir: str, relative: str, columns: list[str] | None = None) -> list[dict]:
     fs, _ = filesystem(run_dir)
     path = run_path(run_dir, relative)
     try:
-        return pq.read_table(path, filesystem=fs).to_pylist()
+        return pq.read_table(path, filesystem=fs, columns=columns).to_pylist()
     except FileNotFoundError as exc:
         raise RunDirError(f"{path} does not exist (has the stage that writes it run?)") from exc
     except (pa.ArrowInvalid, OSError) as exc:

@@ -5,12 +5,20 @@ episode still running, then every tool call of that turn runs concurrently. Toke
 are token-in/token-out: the ids the engine sampled (and their log-probs) go into the
 trajectory as they are, tool responses are appended as ids, nothing is re-tokenised. The
 trajectory's `token_ids`, `logprobs` and `loss_mask` are what the trainers consume.
+
+Faults: each trajectory counts the faults it met (`faults`: injected ones by kind, tool
+infrastructure errors, retries, calls that stayed failed). A tool call that stays failed
+after the executor's retries is the infrastructure's doing, not the model's: the episode is
+marked (`infra_fault`) so that callers roll it out again or leave it out of every score.
+Each trajectory's `fault_key` seeds the fault draws of its calls, so they do not depend on
+which episodes share a batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from stagent_ray.config import AgentConfig
@@ -33,6 +41,13 @@ class Trajectory:
     num_tool_errors: int = 0             # failed tool calls and unparseable turns
     stop_reason: str = ""                # answer | max_turns | max_tokens
     wall_time_s: float = 0.0
+    fault_key: str = ""                  # names the episode in fault draws
+    faults: Counter = field(default_factory=Counter)  # see the module docstring
+
+    @property
+    def infra_fault(self) -> bool:
+        """A tool call failed for infrastructure reasons even after its retries."""
+        return self.faults["unrecovered"] > 0
 
     @property
     def answer(self) -> str:
@@ -52,10 +67,18 @@ def _is_error(result) -> bool:
     return isinstance(result, dict) and "error" in result
 
 
-async def _run_calls(executor, calls) -> list:
+async def _run_calls(executor, calls, t: Trajectory) -> list:
+    key = f"{t.fault_key}/{t.num_turns}"
     if len(calls) == 1:
-        return [await executor.acall(calls[0].name, calls[0].arguments)]
-    return await executor.acall_many([(c.name, c.arguments) for c in calls])
+        return [await executor.acall(calls[0].name, calls[0].arguments, key, t.faults)]
+    return await executor.acall_many([(c.name, c.arguments) for c in calls], key, t.faults)
+
+
+def count_garbage(engine, trajs: list[Trajectory]) -> None:
+    """Count the generations a fault-injecting engine replaced in its last call."""
+    for t, hit in zip(trajs, getattr(engine, "last_garbage", [])):
+        if hit:
+            t.faults["injected_garbage"] += 1
 
 
 async def observe_turns(executor, pending: list[tuple[Trajectory, ParsedTurn]]) -> list[list[str]]:
@@ -65,8 +88,8 @@ async def observe_turns(executor, pending: list[tuple[Trajectory, ParsedTurn]]) 
     sees what it did wrong and the episode goes on.
     """
     results = await asyncio.gather(*[
-        _run_calls(executor, p.calls) if p.error is None else asyncio.sleep(0, [p.error])
-        for _, p in pending])
+        _run_calls(executor, p.calls, t) if p.error is None else asyncio.sleep(0, [p.error])
+        for t, p in pending])
     out = []
     for (t, parsed), observations in zip(pending, results):
         if parsed.error is None:
@@ -79,13 +102,14 @@ async def observe_turns(executor, pending: list[tuple[Trajectory, ParsedTurn]]) 
 
 
 def run_episodes(engine: TokenEngine, executor, queries: list[tuple[str, str]],
-                 sampling: SamplingParams, agent: AgentConfig) -> list[Trajectory]:
+                 sampling: SamplingParams, agent: AgentConfig,
+                 fault_key: str = "") -> list[Trajectory]:
     """Roll out one episode per `(query_id, query_text)` with a token engine."""
-    return asyncio.run(run_episodes_async(engine, executor, queries, sampling, agent))
+    return asyncio.run(run_episodes_async(engine, executor, queries, sampling, agent, fault_key))
 
 
 async def run_episodes_async(engine, executor, queries, sampling: SamplingParams,
-                             agent: AgentConfig) -> list[Trajectory]:
+                             agent: AgentConfig, fault_key: str = "") -> list[Trajectory]:
     tok = engine.tokenizer
     schemas = executor.schemas()
     im_end = tok.convert_tokens_to_ids(IM_END)
@@ -101,7 +125,7 @@ async def run_episodes_async(engine, executor, queries, sampling: SamplingParams
         ids, _ = render_ids(tok, messages, prompt_tools(schemas, agent.tool_prompt),
                             add_generation_prompt=True)
         trajs.append(Trajectory(query_id, messages, len(ids), ids, [0.0] * len(ids),
-                                [0] * len(ids)))
+                                [0] * len(ids), fault_key=f"{fault_key}/{len(trajs)}:{query_id}"))
 
     def finish(t: Trajectory, reason: str) -> None:
         t.stop_reason = reason
@@ -120,6 +144,7 @@ async def run_episodes_async(engine, executor, queries, sampling: SamplingParams
         turn += 1
         outputs = await asyncio.to_thread(engine.generate, [t.token_ids for t in running],
                                           turn_sampling)
+        count_garbage(engine, running)
         for t, gen in zip(running, outputs):
             budget = agent.max_tokens - len(t.token_ids)
             if len(gen.token_ids) > budget:  # past the trajectory's token budget: cut
@@ -168,21 +193,24 @@ async def run_episodes_async(engine, executor, queries, sampling: SamplingParams
 
 
 def run_message_episodes(engine, executor, queries: list, agent: AgentConfig,
-                         seeds: list[int], tokenizer=None) -> list[Trajectory]:
+                         seeds: list[int], tokenizer=None, fault_key: str = "") -> list[Trajectory]:
     """Roll out episodes with a message engine (oracle, openai); `queries` are task records
     with `query_id` and `text`. With a tokenizer, ids and the loss mask are rendered."""
-    return asyncio.run(_run_message_episodes(engine, executor, queries, agent, seeds, tokenizer))
+    return asyncio.run(_run_message_episodes(engine, executor, queries, agent, seeds, tokenizer,
+                                             fault_key))
 
 
-async def _run_message_episodes(engine, executor, queries, agent, seeds, tokenizer):
+async def _run_message_episodes(engine, executor, queries, agent, seeds, tokenizer, fault_key):
     schemas = executor.schemas()
     start = time.perf_counter()
-    trajs = [Trajectory(q.query_id, initial_messages(q.text, agent.system_prompt)) for q in queries]
+    trajs = [Trajectory(q.query_id, initial_messages(q.text, agent.system_prompt),
+                        fault_key=f"{fault_key}/{i}:{q.query_id}") for i, q in enumerate(queries)]
     running = list(range(len(trajs)))
     while running:
         contents = await asyncio.to_thread(
             engine.chat, [queries[i] for i in running], [trajs[i].messages for i in running],
             [seeds[i] for i in running])
+        count_garbage(engine, [trajs[i] for i in running])
         pending = []
         for i, text in zip(running, contents):
             t = trajs[i]

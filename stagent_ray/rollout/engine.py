@@ -69,3 +69,76 @@ def make_message_engine(cfg, tool_schemas: list[dict] | None = None, temperature
                                             cfg.api_key_env, tool_schemas, temperature,
                                             max_tokens, concurrency=cfg.max_batch_size)
     raise ValueError(f"{cfg.kind!r} is not a message engine (oracle | openai)")
+
+
+# ---- fault injection: a share of generations replaced by garbage (config.FaultConfig)
+
+GARBAGE_TEXTS = ['<tool_call>{"name": "weather_curr', "}}}]]<tool_call>", "\u0000\ufffd\ufffd",
+                 "", '<tool_call>{"name": "rm -rf /", "arguments": {"path": "../../etc"}}</tool_call>',
+                 "[Unsol", "The answer is 42 km, 17:00, 99 CNY at Nowhere Station."]
+
+
+def _garbage_rng(seed: int, key: str):
+    import random
+
+    from stagent_ray.world.backends import fault_draw
+
+    return fault_draw(seed, key), random.Random(f"{seed}|{key}")
+
+
+class GarbageTokenEngine(TokenEngine):
+    """Wraps a token engine: a `rate` share of generations become random token ids (ending
+    with a stop id, so the turn closes). Their log-probs are 0.0: no model sampled them.
+    `last_garbage` flags the rows of the last call, for the agent loop's fault counts."""
+
+    def __init__(self, inner: TokenEngine, rate: float, seed: int):
+        self.inner, self.rate, self.seed = inner, rate, seed
+        self.tokenizer = inner.tokenizer
+        self.last_garbage: list[bool] = []
+
+    def generate(self, prompts, sampling: SamplingParams) -> list[Generation]:
+        out = self.inner.generate(prompts, sampling)
+        self.last_garbage = []
+        for i, (prompt, gen) in enumerate(zip(prompts, out)):
+            u, rng = _garbage_rng(self.seed, f"{sampling.seed}|{i}|{len(prompt)}|{prompt[-8:]}")
+            hit = u < self.rate
+            if hit:
+                n = rng.randint(1, max(1, sampling.max_new_tokens - 1))
+                ids = [rng.randrange(len(self.tokenizer)) for _ in range(n)]
+                ids += sampling.stop_token_ids[:1]
+                out[i] = Generation(ids, [0.0] * len(ids), "stop" if sampling.stop_token_ids else "length")
+            self.last_garbage.append(hit)
+        return out
+
+    def load_weights(self, path_or_state_dict) -> None:
+        self.inner.load_weights(path_or_state_dict)
+
+
+class GarbageMessageEngine:
+    """Wraps a message engine (oracle, openai): a `rate` share of turns become garbage text."""
+
+    def __init__(self, inner, rate: float, seed: int):
+        self.inner, self.rate, self.seed = inner, rate, seed
+        self.last_garbage: list[bool] = []
+
+    def chat(self, queries, conversations, seeds) -> list[str]:
+        out = self.inner.chat(queries, conversations, seeds)
+        self.last_garbage = []
+        for i, (conversation, seed) in enumerate(zip(conversations, seeds)):
+            u, rng = _garbage_rng(self.seed, f"{seed}|{len(conversation)}")
+            if u < self.rate:
+                out[i] = rng.choice(GARBAGE_TEXTS)
+            self.last_garbage.append(u < self.rate)
+        return out
+
+
+def with_faults(engine, faults):
+    """`engine` wrapped to inject `faults.engine_garbage` (a FaultConfig), or as it is.
+    The oracle is left alone: it is a scripted solver, not a model, and cannot go on from a
+    turn it did not write."""
+    from stagent_ray.rollout.message_engines import OracleEngine
+
+    if faults is None or faults.engine_garbage <= 0 or isinstance(engine, OracleEngine):
+        return engine
+    wrapper = GarbageTokenEngine if isinstance(engine, TokenEngine) else GarbageMessageEngine
+    return wrapper(engine, faults.engine_garbage, faults.seed)

@@ -5,7 +5,15 @@ Used by `tiny_qa` (teacher, K attempts), `score` (πθ0, N rollouts) and `split`
 recovery of all-fail queries). Resume is by query_id: a restart reads the part files already
 written and only sends the rest; each part is written under a temporary name and renamed,
 so a killed run never leaves a partial part that looks complete. Consolidation drops any
-query_id that a retried batch wrote twice.
+query_id that a retried batch wrote twice. The pool is cut into fixed batches (pool order,
+`batch_size` queries) before anything runs, so a resumed or retried batch holds the same
+queries, samples with the same seed and gives the same rows as in an uninterrupted run.
+
+Faults: an episode hit by a tool-infrastructure fault (see agent_loop.py) is rolled out
+again up to `faults.episode_rerolls` times; one still hit is kept in the trajectory table
+with `infra_fault` set and left out of its query's rewards, pass counts and best pick. Every
+row carries the fault counts of its episodes (`faults`, JSON), so the stage totals survive a
+restart.
 """
 
 from __future__ import annotations
@@ -13,7 +21,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
+from collections import Counter
+
 import numpy as np
 
 from stagent_ray.runio import filesystem, read_table, row_to_query, run_path, write_table
@@ -30,8 +41,20 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def summarise_query(query_row: dict, trajs: list[dict]) -> dict:
-    """The per-query row of a scored pool, from its N scored trajectories."""
+def sum_faults(fault_jsons) -> dict:
+    total = Counter()
+    for f in fault_jsons:
+        total.update(json.loads(f) if isinstance(f, str) else f)
+    return dict(sorted(total.items()))
+
+
+def summarise_query(query_row: dict, all_trajs: list[dict]) -> dict:
+    """The per-query row of a scored pool, from its N scored trajectories. Episodes marked
+    `infra_fault` are not the model's doing: they count in `infra_faulted` only."""
+    trajs = [t for t in all_trajs if not t["infra_fault"]]
+    if not trajs:
+        raise RuntimeError(f"query {query_row['query_id']}: every episode failed on the tool "
+                           f"backend even after retries and re-rolls; is the backend up?")
     rewards = [t["reward"] for t in trajs]
     verified = [t["verified"] for t in trajs]
     n, c = len(trajs), sum(verified)
@@ -49,6 +72,8 @@ def summarise_query(query_row: dict, trajs: list[dict]) -> dict:
         "tool_errors": int(sum(t["num_tool_errors"] for t in trajs)),
         "best_index": best, "best_reward": rewards[best], "best_verified": verified[best],
         "best_messages": trajs[best]["messages"],
+        "infra_faulted": len(all_trajs) - n, "faults": json.dumps(sum_faults(
+            t["faults"] for t in all_trajs)),
     }
 
 
@@ -68,8 +93,10 @@ class RolloutActor:
         from stagent_ray.world.backends import executor_from_config
 
         torch.set_num_threads(1)
+        from stagent_ray.rollout.engine import with_faults
+
         self.cfg = config_from_dict(cfg_dict)
-        self.executor = executor_from_config(self.cfg.world)
+        self.executor = executor_from_config(self.cfg.world, self.cfg.faults)
         self.n, self.run_dir, self.parts_dir, self.salt = n, run_dir, parts_dir, salt
         self.engine_spec = engine
         self.token_engine = self.message_engine = None
@@ -89,8 +116,10 @@ class RolloutActor:
         else:
             from stagent_ray.config import EngineConfig
             from stagent_ray.rollout.engine import make_message_engine
-            self.message_engine = make_message_engine(EngineConfig(**engine),
-                                                      self.executor.schemas())
+            self.message_engine = with_faults(make_message_engine(
+                EngineConfig(**engine), self.executor.schemas()), self.cfg.faults)
+        if self.token_engine is not None:
+            self.token_engine = with_faults(self.token_engine, self.cfg.faults)
         from stagent_ray.reward import make_scorer
 
         self.score = make_scorer(self.cfg.reward)
@@ -106,28 +135,54 @@ class RolloutActor:
         self.reward_gauge = metrics.Gauge(
             "stagent_mean_reward", "Mean reward of the last batch", tag_keys=("stage",))
 
-    def rollout(self, queries: list) -> list:
+    def run(self, episodes: list[tuple], fault_key: str) -> list:
+        """Roll out each (query, rollout index) once."""
         from stagent_ray.rollout.agent_loop import run_episodes, run_message_episodes
         from stagent_ray.rollout.engine import SamplingParams
 
         agent = self.cfg.agent
-        episodes = [(q, i) for q in queries for i in range(self.n)]
         seeds = [episode_seed(q.query_id, i, self.salt) for q, i in episodes]
         if self.message_engine is not None:
             return run_message_episodes(self.message_engine, self.executor,
-                                        [q for q, _ in episodes], agent, seeds)
+                                        [q for q, _ in episodes], agent, seeds,
+                                        fault_key=fault_key)
         s = self.cfg.sampling
         sampling = SamplingParams(temperature=self.temperature, top_p=s.top_p, top_k=s.top_k,
                                   max_new_tokens=s.max_new_tokens, seed=seeds[0])
         return run_episodes(self.token_engine, self.executor,
-                            [(q.query_id, q.text) for q, _ in episodes], sampling, agent)
+                            [(q.query_id, q.text) for q, _ in episodes], sampling, agent,
+                            fault_key)
+
+    def rollout(self, queries: list) -> tuple[list, list[Counter]]:
+        """N episodes per query. Those hit by a tool-infrastructure fault are rolled out
+        again; the faults of each discarded attempt are returned per episode."""
+        episodes = [(q, i) for q in queries for i in range(self.n)]
+        trajs = self.run(episodes, "")
+        discarded = [Counter() for _ in trajs]
+        for r in range(1, self.cfg.faults.episode_rerolls + 1):
+            redo = [k for k, t in enumerate(trajs) if t.infra_fault]
+            if not redo:
+                break
+            for k, t in zip(redo, self.run([episodes[k] for k in redo], f"reroll{r}")):
+                discarded[k] += trajs[k].faults
+                discarded[k]["rerolled"] += 1
+                trajs[k] = t
+        return trajs, discarded
 
     def __call__(self, batch: dict) -> dict:
+        """Each item of `batch["rows"]` is one fixed batch of query rows (JSON)."""
+        out = {"query_id": [], "mean_reward": [], "n_traj": []}
+        for rows_json in batch["rows"]:
+            done = self.score_batch(json.loads(str(rows_json)))
+            for key in out:
+                out[key] += done[key]
+        return out
+
+    def score_batch(self, rows: list[dict]) -> dict:
         from stagent_ray.reward import score_episode
 
-        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
         queries = [row_to_query(r) for r in rows]
-        trajs = self.rollout(queries)
+        trajs, discarded = self.rollout(queries)
         traj_rows = []
         for k, t in enumerate(trajs):
             q = queries[k // self.n]
@@ -141,9 +196,12 @@ class RolloutActor:
                 "prompt_len": t.prompt_len, "num_generated_tokens": int(sum(t.loss_mask)),
                 "num_turns": t.num_turns, "num_tool_calls": t.num_tool_calls,
                 "num_tool_errors": t.num_tool_errors, "stop_reason": t.stop_reason,
-                "wall_time_s": t.wall_time_s})
+                "wall_time_s": t.wall_time_s, "infra_fault": t.infra_fault,
+                "faults": json.dumps(dict(sorted((t.faults + discarded[k]).items())))})
         summaries = [summarise_query(r, traj_rows[i * self.n:(i + 1) * self.n])
                      for i, r in enumerate(rows)]
+        if self.cfg.faults.actor_crash_once:
+            crash_once(self.run_dir, self.parts_dir)
         part = hashlib.sha1("".join(sorted(r["query_id"] for r in rows)).encode()).hexdigest()[:16]
         # Trajectories first, summaries last: a summary part exists only with its trajectories.
         write_table(self.run_dir, f"{self.parts_dir}/traj-{part}.parquet", traj_rows)
@@ -154,6 +212,18 @@ class RolloutActor:
         return {"query_id": [s["query_id"] for s in summaries],
                 "mean_reward": [s["mean_reward"] for s in summaries],
                 "n_traj": [len(traj_rows) // len(rows)] * len(rows)}
+
+
+def crash_once(run_dir: str, parts_dir: str) -> None:
+    """Fault injection (faults.actor_crash_once): the first actor of the stage to get here
+    dies on the spot, its batch rolled out but not written. Ray restarts the actor and Data
+    retries the batch. A marker file makes it once per stage."""
+    from stagent_ray.runio import exists, write_json
+
+    marker = f"{parts_dir}/_actor_crashed.json"
+    if not exists(run_dir, marker):
+        write_json(run_dir, marker, {"pid": os.getpid(), "time": time.time()})
+        os._exit(1)
 
 
 def list_parts(run_dir: str, parts_dir: str, prefix: str) -> list[str]:
@@ -172,8 +242,21 @@ def list_parts(run_dir: str, parts_dir: str, prefix: str) -> list[str]:
 def done_query_ids(run_dir: str, parts_dir: str) -> set[str]:
     done = set()
     for part in list_parts(run_dir, parts_dir, "query-"):
-        done.update(r["query_id"] for r in read_table(run_dir, part))
+        done.update(r["query_id"] for r in read_table(run_dir, part, columns=["query_id"]))
     return done
+
+
+def fault_totals(run_dir: str, parts_dir: str) -> dict:
+    """Fault counts of every query written under `parts_dir` (each query_id once), and the
+    episodes left out as infrastructure-faulted."""
+    seen, faults, faulted = set(), [], 0
+    for part in list_parts(run_dir, parts_dir, "query-"):
+        for r in read_table(run_dir, part, columns=["query_id", "faults", "infra_faulted"]):
+            if r["query_id"] not in seen:
+                seen.add(r["query_id"])
+                faults.append(r["faults"])
+                faulted += r["infra_faulted"]
+    return {"faults": sum_faults(faults), "infra_faulted_episodes": faulted}
 
 
 def rollout_pool(cfg, run_dir: str, query_rows: list[dict], engine: dict, n: int,
@@ -187,27 +270,32 @@ def rollout_pool(cfg, run_dir: str, query_rows: list[dict], engine: dict, n: int
     from stagent_ray.config import config_to_dict
 
     done = done_query_ids(run_dir, parts_dir)
-    todo = [r for r in query_rows if r["query_id"] not in done]
+    batches = [[r for r in query_rows[i:i + batch_size] if r["query_id"] not in done]
+               for i in range(0, len(query_rows), batch_size)]
+    todo = [json.dumps(b) for b in batches if b]
+    n_todo = sum(map(len, batches))
     start = time.perf_counter()
     n_traj = 0
     if todo:
-        ds = ray.data.from_items(todo, override_num_blocks=max(1, math.ceil(len(todo) / batch_size)))
+        # One item (and block) per batch: Ray Data cannot regroup the queries.
+        ds = ray.data.from_items([{"rows": b} for b in todo], override_num_blocks=len(todo))
         ds = ds.map_batches(
-            RolloutActor, batch_size=batch_size, batch_format="numpy",
+            RolloutActor, batch_size=1, batch_format="numpy",
             fn_constructor_kwargs={"cfg_dict": config_to_dict(cfg), "engine": engine, "n": n,
                                    "run_dir": run_dir, "parts_dir": parts_dir, "salt": salt,
                                    "temperature": temperature},
             compute=ray.data.ActorPoolStrategy(size=num_actors), num_cpus=cpus_per_actor)
-        with tqdm(total=len(query_rows), initial=len(query_rows) - len(todo), desc=desc,
+        with tqdm(total=len(query_rows), initial=len(query_rows) - n_todo, desc=desc,
                   unit="query") as bar:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 bar.update(len(batch["query_id"]))
                 n_traj += int(np.sum(batch["n_traj"]))
                 bar.set_postfix(reward=f"{float(np.mean(batch['mean_reward'])):.3f}")
     elapsed = time.perf_counter() - start
-    return {"queries": len(query_rows), "resumed_skipped": len(query_rows) - len(todo),
+    return {"queries": len(query_rows), "resumed_skipped": len(query_rows) - n_todo,
             "trajectories": n_traj, "seconds": elapsed,
-            "trajectories_per_s": n_traj / elapsed if elapsed > 0 else 0.0}
+            "trajectories_per_s": n_traj / elapsed if elapsed > 0 else 0.0,
+            **fault_totals(run_dir, parts_dir)}
 
 
 def consolidate(run_dir: str, parts_dir: str, query_out: str, traj_out: str | None,

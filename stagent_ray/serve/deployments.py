@@ -2,7 +2,8 @@
 
 Each request carries one prompt; `@serve.batch` gathers concurrent requests from every
 Ray Data actor and trainer into one engine call. `Policy.reload` swaps weights between
-batches: in-flight requests wait for the swap instead of failing.
+batches: in-flight requests wait for the swap instead of failing. A request whose replica
+dies is sent again (Serve routes it to a live replica; the controller starts a new one).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import itertools
 import json
 import os
+import time
 from dataclasses import asdict
 
 from ray import serve
@@ -87,6 +89,22 @@ class Teacher:
                                        [s for _, _, s in requests])
 
 
+def result_with_retries(response, resend, retries: int = 4):
+    """The result of a Serve request; when the replica that held it died or was unreachable,
+    `resend()` sends it again (a retried generation is sampled afresh)."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+    from ray.serve.exceptions import ReplicaUnavailableError
+
+    for attempt in range(retries + 1):
+        try:
+            return response.result()
+        except (RayActorError, ActorUnavailableError, ReplicaUnavailableError):
+            if attempt == retries:
+                raise
+            time.sleep(0.5 * 2 ** attempt)  # give the controller time to route around it
+            response = resend()
+
+
 class ServePolicyEngine(TokenEngine):
     """A TokenEngine that sends each prompt to the Policy deployment (batched there)."""
 
@@ -98,8 +116,8 @@ class ServePolicyEngine(TokenEngine):
         sampling_dict = asdict(sampling)
         responses = [self.handle.generate_one.remote((p, sampling_dict)) for p in prompts]
         out = []
-        for r in responses:
-            d = r.result()
+        for p, r in zip(prompts, responses):
+            d = result_with_retries(r, lambda: self.handle.generate_one.remote((p, sampling_dict)))
             self.last_version = d.pop("version")
             out.append(Generation(**d))
         return out
@@ -110,9 +128,12 @@ class ServeTeacherEngine(MessageEngine):
         self.handle = handle
 
     def chat(self, queries, conversations, seeds):
-        responses = [self.handle.chat_one.remote((q.to_dict(), msgs, seed))
-                     for q, msgs, seed in zip(queries, conversations, seeds)]
-        return [r.result() for r in responses]
+        requests = [(q.to_dict(), msgs, seed) for q, msgs, seed in zip(queries, conversations, seeds)]
+        responses = [self.handle.chat_one.remote(req) for req in requests]
+        out = []
+        for req, r in zip(requests, responses):
+            out.append(result_with_retries(r, lambda: self.handle.chat_one.remote(req)))
+        return out
 
 
 def deploy_policy(model_path: str, engine_cfg, serve_cfg, name: str = "policy",

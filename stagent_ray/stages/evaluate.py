@@ -4,7 +4,9 @@ Each model answers every eval query greedily once (pass@1) and `eval.pass_k` tim
 `eval.temperature` (pass@k), with the same agent loop, tools and scorer as training. Per
 model, overall and per family: verified rate, mean reward, rubric score, `[Unsolved]`
 accuracy on out-of-scope queries (and false `[Unsolved]` on solvable ones), tool calls and
-tool errors per episode. Outputs: eval/<model>.json and eval/summary.json.
+tool errors per episode. An episode the tool backend failed (`infra_fault`, see
+rollout/ray_data.py) is not the model's doing: it is left out of these numbers and counted
+beside them with the faults met. Outputs: eval/<model>.json and eval/summary.json.
 """
 
 from __future__ import annotations
@@ -56,18 +58,21 @@ def evaluate_model(cfg, run_dir: str, name: str, engine: dict, eval_rows: list[d
     result = {"model": name}
     for mode, temperature, n in temperature_runs:
         parts = f"eval/parts/{name}_{mode}"
-        rollout_pool(cfg, run_dir, eval_rows, engine, n, parts, s.num_actors, s.cpus_per_actor,
-                     s.batch_size, salt=7, temperature=temperature, desc=f"eval {name} {mode}")
+        stats = rollout_pool(cfg, run_dir, eval_rows, engine, n, parts, s.num_actors,
+                             s.cpus_per_actor, s.batch_size, salt=7, temperature=temperature,
+                             desc=f"eval {name} {mode}")
         rows = consolidate(run_dir, parts, f"eval/{name}_{mode}_queries.parquet",
                            f"eval/{name}_{mode}_trajectories.parquet")
-        trajs = read_table(run_dir, f"eval/{name}_{mode}_trajectories.parquet")
+        trajs = [t for t in read_table(run_dir, f"eval/{name}_{mode}_trajectories.parquet")
+                 if not t["infra_fault"]]
         families = sorted({queries[t["query_id"]]["family"] for t in trajs})
         result[mode] = {
             "overall": summarise(trajs, queries),
             "pass_at_k": sum(r["pass_at_k"] for r in rows) / max(1, len(rows)),
             "by_family": {f: summarise([t for t in trajs
                                         if queries[t["query_id"]]["family"] == f], queries)
-                          for f in families}}
+                          for f in families},
+            "infra_faulted_episodes": stats["infra_faulted_episodes"], "faults": stats["faults"]}
     return result
 
 

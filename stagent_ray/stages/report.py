@@ -1,8 +1,9 @@
 """Stage `report`: report/index.html with PNG plots, and report/summary.md.
 
 Plots: the pass-count histogram of the Full QA pool (0..N of N), the split counts, the eval
-scores per stage and family, the SFT loss curves and the RL reward curve. Every plot is
-drawn from the run directory's artifacts, so the report can be rebuilt at any time.
+scores per stage and family, the SFT loss curves and the RL reward curve; a table of the
+faults each stage met (injected or real) and how they were handled. Everything is drawn
+from the run directory's artifacts, so the report can be rebuilt at any time.
 """
 
 from __future__ import annotations
@@ -37,6 +38,43 @@ def _read_jsonl(run_dir: str, relative: str) -> list[dict]:
     fs, _ = filesystem(run_dir)
     with fs.open_input_stream(run_path(run_dir, relative)) as f:
         return [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
+
+
+FAULT_COLUMNS = [("injected_timeout", "injected timeouts"), ("injected_error", "raised"),
+                 ("injected_malformed", "malformed"), ("injected_garbage", "garbage outputs"),
+                 ("infra_errors", "tool infra errors"), ("retried", "retried"),
+                 ("unrecovered", "failed after retries"), ("rerolled", "episodes re-rolled"),
+                 ("infra_faulted_episodes", "episodes left out")]
+
+
+def stage_faults(run_dir: str, evals: dict, rl_history: list[dict]) -> dict[str, dict]:
+    """Fault counts per stage, from the part files, eval results and RL metrics."""
+    from stagent_ray.rollout.ray_data import fault_totals, list_parts, sum_faults
+
+    out = {}
+    for stage, parts in (("tiny_qa", "data/parts/tiny_qa"), ("score", "data/parts/score"),
+                         ("split (recovery)", "data/parts/recover")):
+        if list_parts(run_dir, parts, "query-"):
+            totals = fault_totals(run_dir, parts)
+            out[stage] = {**totals["faults"],
+                          "infra_faulted_episodes": totals["infra_faulted_episodes"]}
+    if rl_history:
+        out["rl"] = sum_faults({k[7:]: v for k, v in h.items() if k.startswith("faults_")}
+                               for h in rl_history)
+    if evals:
+        out["eval"] = sum_faults({**e[mode].get("faults", {}), "infra_faulted_episodes":
+                                  e[mode].get("infra_faulted_episodes", 0)}
+                                 for e in evals.values() for mode in ("greedy", "sampled")
+                                 if mode in e)
+    return out
+
+
+def fault_table(faults: dict[str, dict]) -> str:
+    table = "| stage | " + " | ".join(title for _, title in FAULT_COLUMNS) + " |\n"
+    table += "|---" * (len(FAULT_COLUMNS) + 1) + "|\n"
+    for stage, counts in faults.items():
+        table += f"| {stage} | " + " | ".join(str(counts.get(k, 0)) for k, _ in FAULT_COLUMNS) + " |\n"
+    return table
 
 
 def run_report(cfg, run_dir: str) -> dict:
@@ -105,6 +143,10 @@ def run_report(cfg, run_dir: str) -> dict:
         ax.legend()
         images.append(("SFT loss", _save(fig, run_dir, "sft_loss.png")))
     rl = [r for r in _read_jsonl(run_dir, "train/rl_metrics.jsonl") if "reward_mean" in r]
+    faults = stage_faults(run_dir, evals, rl)
+    sections.append(("Faults", fault_table(faults) + "\nTool faults are the infrastructure's: "
+                     "retried, then the episode re-rolled, then left out of every score. Garbage "
+                     "outputs are the model's own failure and are scored."))
     if rl:
         fig, ax = plt.subplots(figsize=(6, 3.2))
         ax.plot([r["step"] for r in rl], [r["reward_mean"] for r in rl], color="#d8793b")
@@ -124,4 +166,5 @@ def run_report(cfg, run_dir: str) -> dict:
     for name, text in (("summary.md", md), ("index.html", page)):
         with fs.open_output_stream(run_path(run_dir, f"report/{name}")) as f:
             f.write(text.encode())
-    return {"plots": [n for _, n in images], "path": run_path(run_dir, "report/index.html")}
+    return {"plots": [n for _, n in images], "path": run_path(run_dir, "report/index.html"),
+            "faults": faults}

@@ -32,6 +32,7 @@ import random
 import signal
 import tempfile
 import time
+from collections import Counter
 
 import numpy as np
 import torch
@@ -122,8 +123,8 @@ def rl_loop(config: dict) -> None:
     from stagent_ray.config import config_from_dict
     from stagent_ray.reward import make_scorer, score_episode
     from stagent_ray.rollout.agent_loop import run_episodes
-    from stagent_ray.rollout.engine import SamplingParams
-    from stagent_ray.rollout.ray_data import episode_seed
+    from stagent_ray.rollout.engine import SamplingParams, with_faults
+    from stagent_ray.rollout.ray_data import episode_seed, sum_faults
     from stagent_ray.runio import row_to_query
     from stagent_ray.world.backends import executor_from_config
 
@@ -135,7 +136,7 @@ def rl_loop(config: dict) -> None:
     cfg = config_from_dict(config["cfg"])
     rl, init = cfg.rl, config["init_checkpoint"]
     prompts = ray.get(config["prompts_ref"])
-    executor = executor_from_config(cfg.world)
+    executor = executor_from_config(cfg.world, cfg.faults)
     score_trajectory = make_scorer(cfg.reward)
 
     torch.manual_seed(cfg.seed)
@@ -165,6 +166,7 @@ def rl_loop(config: dict) -> None:
         from stagent_ray.rollout.hf_engine import HFEngine
         engine = HFEngine(local_model_dir(init), device=str(device),
                           max_batch_size=cfg.policy.max_batch_size)
+    engine = with_faults(engine, cfg.faults)  # garbage generations, when injected
     tokenizer = engine.tokenizer
 
     def push_weights(version: int) -> None:
@@ -207,6 +209,7 @@ def rl_loop(config: dict) -> None:
 
         # 1-2. rollouts, scoring and dynamic sampling --------------------------------
         kept, sampled_groups, episodes = [], 0, []
+        step_faults = Counter()  # faults met by this rank's episodes (config.FaultConfig)
         for round_ in range(1 + (rl.max_refill_rounds if filter_groups else 0)):
             need = P if round_ == 0 else P - len(kept)
             if need <= 0:
@@ -219,20 +222,26 @@ def rl_loop(config: dict) -> None:
             trajs = run_episodes(engine, executor,
                                  [(q.query_id, q.text) for q in queries for _ in range(G)],
                                  SamplingParams(**sampling_base, seed=episode_seed(
-                                     f"rl{step}", round_, rank)), cfg.agent) if queries else []
+                                     f"rl{step}", round_, rank)), cfg.agent,
+                                 fault_key=f"rl{step}/{round_}/{rank}") if queries else []
             times["rollout"] += time.perf_counter() - t
             t = time.perf_counter()
             groups = []
             for j, q in enumerate(queries):
                 group = []
                 for tr in trajs[j * G:(j + 1) * G]:
+                    step_faults.update(tr.faults)
+                    if tr.infra_fault:  # the tool backend failed, not the model: no advantage
+                        step_faults["infra_faulted_episodes"] += 1
+                        continue
                     score = score_episode(score_trajectory, q, tr.messages, tr.stop_reason)
                     group.append({"token_ids": tr.token_ids, "logprobs": tr.logprobs,
                                   "loss_mask": tr.loss_mask, "reward": float(score.value),
                                   "verified": bool(score.verified),
                                   "tool_calls": tr.num_tool_calls, "tool_errors": tr.num_tool_errors,
                                   "gen_tokens": int(sum(tr.loss_mask))})
-                groups.append(group)
+                if group:
+                    groups.append(group)
             times["scoring"] += time.perf_counter() - t
             gathered = [None] * world
             dist.all_gather_object(gathered, groups)
@@ -285,6 +294,9 @@ def rl_loop(config: dict) -> None:
             "time_step_s": time.perf_counter() - step_start,
             "start_step": start,
         }
+        fault_parts = [None] * world
+        dist.all_gather_object(fault_parts, dict(step_faults))
+        metrics.update({f"faults_{k}": v for k, v in sum_faults(fault_parts).items()})
         history.append(metrics)
         if rank == 0:
             write_jsonl(config["run_dir"], "train/rl_metrics.jsonl", history)
@@ -454,6 +466,7 @@ def run_rl(cfg, run_dir: str, init_checkpoint: str, out_relative: str, *,
     import ray
 
     from stagent_ray.config import config_to_dict
+    from stagent_ray.rollout.ray_data import sum_faults
     from stagent_ray.runio import read_table, run_path
 
     if prompts is None and cfg.rl.prompt_set == "all":
@@ -493,6 +506,8 @@ def run_rl(cfg, run_dir: str, init_checkpoint: str, out_relative: str, *,
             "reward_first_quarter": float(np.mean([h["reward_mean"] for h in first])),
             "reward_last_quarter": float(np.mean([h["reward_mean"] for h in last])),
             "logprob_gap_max": max(h["logprob_gap_max"] for h in history),
+            "faults": sum_faults({k[7:]: v for k, v in h.items() if k.startswith("faults_")}
+                                 for h in history),
             "time_split_s": {k: float(np.mean([h[f"time_{k}_s"] for h in history]))
                              for k in ("rollout", "scoring", "update", "sync", "step")}}
 
