@@ -30,8 +30,10 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from stagent_ray.train.common import (adamw, attention_for, flops_per_token,  # noqa: E402
-                                      grad_norm_and_clip, peak_flops, shard_model)
+from stagent_ray.train.common import (adamw, attention_for, compile_layers,  # noqa: E402
+                                      flops_per_token, grad_norm_and_clip, peak_flops,
+                                      shard_model)
+from stagent_ray.train.attention import VARLEN, register  # noqa: E402
 from stagent_ray.train.data import pack  # noqa: E402
 from stagent_ray.train.sft import packed_logits, sft_loss  # noqa: E402
 
@@ -90,18 +92,22 @@ def bench_baseline(config, device, batch: int, seq: int, warmup: int, steps: int
 
 
 def bench_ours(config, device, batch: int, seq: int, warmup: int, steps: int,
-               compile_layers: bool, activation_checkpointing: bool) -> dict:
+               compiled: bool, activation_checkpointing: bool, attention: str,
+               profile: bool = False) -> dict:
     from transformers import Qwen3ForCausalLM
 
     torch.manual_seed(0)
-    config._attn_implementation = attention_for(device)
+    if attention == "auto":
+        attention = attention_for(device)
+    elif attention == VARLEN:
+        register()
+    config._attn_implementation = attention
     model = Qwen3ForCausalLM(config)  # fp32 master weights; FSDP casts compute to bf16
     model.config.use_cache = False
     if activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if compile_layers:
-        for layer in model.model.layers:
-            layer.compile()
+    if compiled:
+        compile_layers(model)
     model = shard_model(model, device)
     opt = adamw(model, 1e-5, 0.0, device)
 
@@ -117,9 +123,11 @@ def bench_ours(config, device, batch: int, seq: int, warmup: int, steps: int,
          for k in ("input_ids", "position_ids", "labels", "loss_mask")}
     real = int(packed["real_tokens"][rows].sum())
 
+    keep = t["loss_mask"].bool()
+
     def step():
-        logits = packed_logits(model, t["input_ids"], t["position_ids"])
-        sft_loss(logits, t["labels"], t["loss_mask"]).backward()
+        logits = packed_logits(model, t["input_ids"], t["position_ids"], keep)   # [N, V]
+        sft_loss(logits, t["labels"][keep]).backward()
         grad_norm_and_clip(model, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -127,10 +135,20 @@ def bench_ours(config, device, batch: int, seq: int, warmup: int, steps: int,
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     sec = timed(step, device, warmup, steps)
+    if profile:  # where a step's time goes, to stderr (the JSON line stays alone on stdout)
+        from torch.profiler import ProfilerActivity, profile as torch_profile
+
+        with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(2):
+                step()
+            sync(device)
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25),
+              file=sys.stderr)
     return {"step_s": sec, "tokens_per_s": real / sec, "peak_mem_gb": peak_mem_gb(device),
             "pack_efficiency": round(real / (batch * seq), 4),
+            "trained_fraction": round(int(keep.sum()) / real, 4),
             "attention": config._attn_implementation,
-            "compile": compile_layers, "activation_checkpointing": activation_checkpointing}
+            "compile": compiled, "activation_checkpointing": activation_checkpointing}
 
 
 def main() -> None:
@@ -143,7 +161,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="torch.compile each decoder layer")
     ap.add_argument("--activation-checkpointing", action="store_true")
+    ap.add_argument("--attention", default="auto", choices=["auto", "sdpa", VARLEN],
+                    help="ours: auto = what train/sft.py picks for the device")
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="print a kernel table to stderr")
     ap.add_argument("--threads", type=int, default=1,
                     help="CPU threads; on a shared, busy host more threads spin and run slower")
     args = ap.parse_args()
@@ -151,6 +172,7 @@ def main() -> None:
 
     device = torch.device(args.device)
     if device.type == "cuda":
+        device = torch.device("cuda", device.index or 0)
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
     else:
@@ -171,9 +193,13 @@ def main() -> None:
     if not args.skip_baseline:
         results["baseline"] = bench_baseline(config, device, batch, seq, args.warmup, args.steps)
     results["ours"] = bench_ours(config, device, batch, seq, args.warmup, args.steps,
-                                 args.compile, args.activation_checkpointing)
-    for r in results.values():
-        r["mfu"] = round(flops_tok * r["tokens_per_s"] / peak, 4) if peak else None
+                                 args.compile, args.activation_checkpointing, args.attention,
+                                 args.profile)
+    # Ours computes logits only at trained tokens: that lm_head work is not counted.
+    flops = {"baseline": flops_tok, "ours": flops_per_token(
+        config, n_params, seq, results["ours"]["trained_fraction"])}
+    for name, r in results.items():
+        r["mfu"] = round(flops[name] * r["tokens_per_s"] / peak, 4) if peak else None
         r["tokens_per_s"] = round(r["tokens_per_s"], 1)
         r["step_s"] = round(r["step_s"], 4)
     line = {"bench": "sft", "model": "tiny" if args.tiny else "qwen3-0.6b-shape",
@@ -181,7 +207,7 @@ def main() -> None:
             if device.type == "cuda" else "cpu", "threads": torch.get_num_threads(),
             "batch": batch, "seq_len": seq, "steps": args.steps,
             "harness": "direct step, no Ray (same setup, loss and optimizer as train/sft.py)",
-            "mfu_flops_per_token": flops_tok, "peak_flops": peak, **results}
+            "mfu_flops_per_token": flops, "peak_flops": peak, **results}
     if "baseline" in results:
         ours, base = results["ours"]["tokens_per_s"], results["baseline"]["tokens_per_s"]
         line["speedup"] = round(ours / base, 3)

@@ -10,6 +10,7 @@ from stagent_ray.config import ModelConfig
 from stagent_ray.models.build import build_tiny_model
 from stagent_ray.models.chat_format import format_tool_call, render_ids
 from stagent_ray.models.tokenizer import SYNTAX_LINES, train_tokenizer
+from stagent_ray.train.attention import VARLEN, register
 from stagent_ray.train.data import batch_rows, pack, steps_per_epoch, tokenize_rows
 from stagent_ray.train.sft import lr_factor, packed_logits, sft_loss
 
@@ -95,22 +96,26 @@ def mean_loss_unpacked(model, samples):
 
 
 def mean_loss_packed(model, packed):
+    keep = torch.from_numpy(packed["loss_mask"]).bool()
     logits = packed_logits(model, torch.from_numpy(packed["input_ids"]).long(),
-                           torch.from_numpy(packed["position_ids"]).long())
-    return float(sft_loss(logits, torch.from_numpy(packed["labels"]).long(),
-                          torch.from_numpy(packed["loss_mask"])))
+                           torch.from_numpy(packed["position_ids"]).long(), keep)   # [N, V]
+    return float(sft_loss(logits, torch.from_numpy(packed["labels"]).long()[keep]))
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+# stagent_varlen: the rows as one flat row with sample borders (torch's varlen flash kernel on
+# GPUs; here its CPU stand-in, per-sample SDPA), the path GPUs without flash-attn take.
+@pytest.mark.parametrize("attn", ["sdpa", "eager", VARLEN])
 def test_packed_loss_equals_unpacked(tok, attn):
     torch.manual_seed(0)
+    register()
     model = build_tiny_model(TINY, tok, seed=3).eval()
-    model.config._attn_implementation = attn
     samples = [render_ids(tok, conversation(i)) for i in range(7)]
     packed = pack(samples, 3 * max(len(ids) for ids, _ in samples), tok.pad_token_id)
     assert len(packed["input_ids"]) < len(samples)
     with torch.no_grad():
-        reference = mean_loss_unpacked(model, samples)
+        model.config._attn_implementation = "sdpa" if attn == VARLEN else attn
+        reference = mean_loss_unpacked(model, samples)   # varlen needs sample borders
+        model.config._attn_implementation = attn
         assert abs(mean_loss_packed(model, packed) - reference) < 1e-4
         # The check has teeth: positions that run on across samples let attention leak.
         leaky = dict(packed, position_ids=np.tile(np.arange(packed["input_ids"].shape[1]),
@@ -135,3 +140,31 @@ def test_lr_warmup_then_cosine():
     assert f[4] == 1.0 and abs(f[-1] - 0.1) < 1e-12
     assert all(a >= b for a, b in zip(f[4:], f[5:]))
     assert lr_factor(0, warmup=0, total=1) == 1.0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_varlen_kernel_matches_masked_sdpa_on_gpu(tok):
+    """torch's varlen flash kernel (what SFT uses on GPUs without flash-attn) gives the loss
+    and gradients of the SDPA block-mask path, in bf16."""
+    from stagent_ray.train.attention import _KERNEL
+
+    register()
+    assert _KERNEL.get("fn") is not None, "this torch has no causal varlen_attn"
+    model = build_tiny_model(TINY, tok, seed=3).cuda().to(torch.bfloat16)
+    samples = [render_ids(tok, conversation(i)) for i in range(7)]
+    packed = pack(samples, 3 * max(len(ids) for ids, _ in samples), tok.pad_token_id)
+    t = {k: torch.from_numpy(packed[k]).long().cuda() for k in ("input_ids", "position_ids",
+                                                                  "labels", "loss_mask")}
+    keep = t["loss_mask"].bool()
+    results = {}
+    for attn in ("sdpa", VARLEN):
+        model.config._attn_implementation = attn
+        model.zero_grad()
+        loss = sft_loss(packed_logits(model, t["input_ids"], t["position_ids"], keep),
+                        t["labels"][keep])
+        loss.backward()
+        results[attn] = (float(loss), model.model.layers[0].self_attn.q_proj.weight.grad.float())
+    (a, ga), (b, gb) = results["sdpa"], results[VARLEN]
+    assert abs(a - b) < 2e-2 * abs(a)
+    assert torch.nn.functional.cosine_similarity(ga.flatten(), gb.flatten(), dim=0) > 0.99

@@ -45,13 +45,16 @@ def peak_flops(device: torch.device) -> float | None:
     return next((f for key, f in PEAK_BF16_FLOPS if key in name), None)
 
 
-def flops_per_token(config, n_params: int, seq_len: int) -> float:
+def flops_per_token(config, n_params: int, seq_len: int, lm_head_fraction: float = 1.0) -> float:
     """Training FLOPs per token: 6N for the matmuls (forward + backward) plus causal
     attention, 6·L·H·Q·T (12·L·H·Q·T halved by the causal mask). With T = seq_len this is
-    the convention of the H100 baseline in ENV.md (21.6% MFU for the 0.6B plain loop)."""
+    the convention of the H100 baseline in ENV.md (21.6% MFU for the 0.6B plain loop).
+    lm_head_fraction: the share of tokens whose logits are computed (sft.packed_logits
+    computes them only where a token trains), so skipped lm_head work is not counted."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     attention = config.num_hidden_layers * config.num_attention_heads * head_dim * seq_len
-    return 6 * n_params + 6 * attention
+    lm_head = config.vocab_size * config.hidden_size
+    return 6 * (n_params - (1 - lm_head_fraction) * lm_head) + 6 * attention
 
 
 # ---------------------------------------------------------------- model setup
@@ -108,16 +111,40 @@ def load_for_training(path: str, lora_rank: int = 0, activation_checkpointing: b
     return model
 
 
-def attention_for(device: torch.device) -> str:
-    """flash-attention 2 on GPUs that have it (packed rows run as varlen), else SDPA (which
-    gets a block-diagonal mask from the position ids)."""
+def attention_for(device: torch.device, packed: bool = True) -> str:
+    """Training attention: flash-attn on GPUs that have the package; for packed rows (SFT)
+    else torch's own varlen flash kernel (attention.py, registered here); else SDPA (for
+    packed rows with a block-diagonal mask from the position ids; for padded rows, RL, with
+    the attention mask)."""
     if device.type == "cuda":
         try:
             import flash_attn  # noqa: F401
             return "flash_attention_2"
         except ImportError:
             pass
+        from stagent_ray.train import attention
+
+        if packed and attention.varlen_kernel() is not None:
+            attention.register()
+            return attention.VARLEN
     return "sdpa"
+
+
+def decoder_layers(model) -> list:
+    """The model's repeated blocks (the modules its class names in _no_split_modules)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layer_types = set(getattr(base, "_no_split_modules", None) or [])
+    if not layer_types:
+        raise ValueError(f"{type(base).__name__} names no _no_split_modules: "
+                         "cannot tell which modules are its layers")
+    return [m for m in model.modules() if type(m).__name__ in layer_types]
+
+
+def compile_layers(model) -> None:
+    """torch.compile each decoder layer (before sharding): fuses norms, rotary and SwiGLU.
+    The layers share one compiled graph; the first steps pay the compile time."""
+    for layer in decoder_layers(model):
+        layer.compile()
 
 
 def shard_model(model, device: torch.device):
@@ -126,14 +153,11 @@ def shard_model(model, device: torch.device):
     model.to(device)
     mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
           if device.type == "cuda" else MixedPrecisionPolicy())
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    layer_types = set(getattr(base, "_no_split_modules", None) or [])
-    if not layer_types:
-        raise ValueError(f"{type(base).__name__} names no _no_split_modules: "
-                         "cannot tell which modules are its layers")
-    for module in model.modules():
-        if type(module).__name__ in layer_types:
-            fully_shard(module, mp_policy=mp)
+    # Resharding after forward frees memory only when there are shards to free: with one
+    # rank it would just cast the weights to bf16 a second time for backward.
+    reshard = dist.get_world_size() > 1
+    for layer in decoder_layers(model):
+        fully_shard(layer, mp_policy=mp, reshard_after_forward=reshard)
     # The root is gathered again right at the start of backward: keep it gathered.
     fully_shard(model, mp_policy=mp, reshard_after_forward=False)
     return model

@@ -140,7 +140,8 @@ def rl_loop(config: dict) -> None:
     score_trajectory = make_scorer(cfg.reward)
 
     torch.manual_seed(cfg.seed)
-    model = shard_model(load_for_training(init, attn_implementation=attention_for(device)), device)
+    attn = attention_for(device, packed=False)  # padded rows with an attention mask
+    model = shard_model(load_for_training(init, attn_implementation=attn), device)
     optimizer = adamw(model, rl.lr, rl.weight_decay, device)
     critic = critic_opt = None
     if rl.algorithm == "ppo":
@@ -152,7 +153,7 @@ def rl_loop(config: dict) -> None:
         # per GPU would not fit for the models FSDP is for, and the same mixed precision
         # keeps the KL free of a bf16-vs-fp32 offset. Its forwards are collective too; they
         # run in lockstep with the policy's (update_policy).
-        ref = load_for_training(init, attn_implementation=attention_for(device))
+        ref = load_for_training(init, attn_implementation=attn)
         ref = shard_model(ref.eval().requires_grad_(False), device)
 
     if rl.rollout_engine == "serve":

@@ -41,7 +41,9 @@ import torch
 import torch.nn.functional as F
 
 from stagent_ray.config import SFTConfig
-from stagent_ray.train.common import (adamw, all_reduce_sum, attention_for, export_hf,
+from stagent_ray.train.attention import VARLEN, flat_inputs
+from stagent_ray.train.common import (adamw, all_reduce_sum, attention_for, compile_layers,
+                                      export_hf,
                                       fit_on_ray_train, storage_path,
                                       flops_per_token, grad_norm_and_clip, load_for_training,
                                       load_train_state, local_model_dir, peak_flops, publish_dir,
@@ -50,37 +52,60 @@ from stagent_ray.train.data import (batch_rows, fingerprint, pack, steps_per_epo
                                     tokenize_rows)
 
 logger = logging.getLogger(__name__)
+FLAT_ATTENTION = {"flash_attention_2", VARLEN}  # read sample borders from cu_seq_lens
 MIN_LR_RATIO = 0.1        # cosine decays to 10% of the peak lr (no config field yet)
 CHECKPOINTS_TO_KEEP = 2
 
 
 # ---------------------------------------------------------------- pure functions
 
-def sft_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor,
+def sft_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor | None = None,
              num_loss_tokens: int | torch.Tensor | None = None) -> torch.Tensor:
     """Token-level cross-entropy over the assistant tokens.
 
     logits [B, T, V], labels [B, T] (the token each position predicts), loss_mask [B, T]
-    (bool or 0/1). Returns the summed CE of the masked tokens / num_loss_tokens (default:
-    this batch's count; the trainer passes the whole step's count across micro-batches and
-    ranks). Only masked positions enter the graph, so every other logit gets a gradient of
-    exactly zero — and the fp32 copy is made only of the rows that count.
+    (bool or 0/1); or, with loss_mask None, logits [N, V] and labels [N] already picked at
+    the loss positions (packed_logits(keep=...)). Returns the summed CE of the masked tokens
+    / num_loss_tokens (default: this batch's count; the trainer passes the whole step's count
+    across micro-batches and ranks). Only masked positions enter the graph, so every other
+    logit gets a gradient of exactly zero — and the fp32 copy is made only of the rows that
+    count.
     """
-    mask = loss_mask.bool()
-    picked = logits[mask].float()                                   # [N, V], N = mask.sum()
-    nll = F.cross_entropy(picked, labels[mask].long(), reduction="sum")  # []
+    if loss_mask is not None:
+        mask = loss_mask.bool()
+        logits, labels = logits[mask], labels[mask]                 # [N, V], [N]
+    nll = F.cross_entropy(logits.float(), labels.long(), reduction="sum")  # []
     if num_loss_tokens is None:
-        num_loss_tokens = mask.sum().clamp(min=1)
+        num_loss_tokens = max(1, labels.numel())
     return nll / num_loss_tokens
 
 
-def packed_logits(model, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-    """[B, T] packed rows -> logits [B, T, V], attention kept inside each sample.
+def packed_logits(model, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                  keep: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, T] packed rows -> logits [B, T, V], attention kept inside each sample; with
+    `keep` (a [B, T] mask) only the logits at those positions, [N, V]: the lm_head then runs
+    on the trained tokens only (a vocabulary of 150k makes it a third of a small model's
+    FLOPs, and its fp32 logits the largest activation).
 
+    Varlen attention (flash-attn, or torch's kernel: attention.py) takes the rows as one
+    flat row with sample borders; SDPA reads the borders from position_ids as a block mask.
     use_cache=False is load-bearing: with a KV cache object present, transformers skips
     reading sample borders from position_ids and attends across the whole row.
     """
-    return model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+    B, T = input_ids.shape
+    if model.config._attn_implementation in FLAT_ATTENTION:
+        kwargs = flat_inputs(input_ids, position_ids)
+        index = keep.reshape(-1).nonzero().squeeze(1) if keep is not None else 0
+        logits = model(**kwargs, use_cache=False, logits_to_keep=index).logits[0]
+        return logits if keep is not None else logits.view(B, T, -1)
+    if keep is None:
+        return model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+    # logits_to_keep indexes the sequence dim, shared by all rows: take every column any
+    # row trains on, then pick this row's positions.
+    columns = keep.any(0).nonzero().squeeze(1)
+    logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+                   logits_to_keep=columns).logits                 # [B, C, V]
+    return logits[keep[:, columns].bool()]
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float = MIN_LR_RATIO) -> float:
@@ -117,8 +142,11 @@ def train_loop(config: dict) -> None:
     torch.manual_seed(config["seed"])
     model = load_for_training(config["init_checkpoint"], config["lora_rank"],
                               config["activation_checkpointing"], attention_for(device))
+    if config["compile"]:
+        compile_layers(model)
     n_params = sum(p.numel() for p in model.parameters())
-    flops_tok = flops_per_token(model.config, n_params, config["seq_len"])
+    trained = float(data["loss_mask"].sum() / data["real_tokens"].sum())  # lm_head share
+    flops_tok = flops_per_token(model.config, n_params, config["seq_len"], trained)
     peak = peak_flops(device)
     model = shard_model(model, device)
     optimizer = adamw(model, config["lr"], config["weight_decay"], device)
@@ -153,10 +181,11 @@ def train_loop(config: dict) -> None:
             idx = mine[k * micro:(k + 1) * micro]
             inputs = {key: torch.from_numpy(data[key][idx]).long().to(device)
                       for key in ("input_ids", "position_ids", "labels", "loss_mask")}
-            logits = packed_logits(model, inputs["input_ids"], inputs["position_ids"])
+            keep = inputs["loss_mask"].bool()
+            logits = packed_logits(model, inputs["input_ids"], inputs["position_ids"], keep)
             # FSDP averages gradients over ranks; x world turns that back into the sum of
             # every rank's share / n_loss, i.e. the mean over the step's assistant tokens.
-            loss = sft_loss(logits, inputs["labels"], inputs["loss_mask"], n_loss) * world
+            loss = sft_loss(logits, inputs["labels"][keep], None, n_loss) * world
             loss.backward()
             step_loss += loss.detach() / world
         grad_norm = grad_norm_and_clip(model, config["grad_clip"])
@@ -217,8 +246,7 @@ def _resolve(run_dir: str, path: str) -> str:
 
 def run_sft(cfg, run_dir: str, stage: str, data_relative: str, init_checkpoint: str,
             out_relative: str, tool_schemas: list[dict] | None = None, *,
-            max_steps: int | None = None, merge_lora: bool = True,
-            activation_checkpointing: bool = False, failure_config=None,
+            max_steps: int | None = None, merge_lora: bool = True, failure_config=None,
             fail_at_step: int | None = None) -> dict:
     """Train stage `stage` ("sft0" | "sft1": picks cfg.sft0 / cfg.sft1) on the trajectories
     in `<run_dir>/<data_relative>`, starting from `init_checkpoint`; export the model to
@@ -283,7 +311,8 @@ def run_sft(cfg, run_dir: str, stage: str, data_relative: str, init_checkpoint: 
               "seq_len": sft.seq_len, "batch_size": sft.batch_size, "grad_accum": sft.grad_accum,
               "lr": sft.lr, "weight_decay": sft.weight_decay, "warmup_steps": sft.warmup_steps,
               "grad_clip": sft.grad_clip, "lora_rank": sft.lora_rank if sft.lora else 0,
-              "merge_lora": merge_lora, "activation_checkpointing": activation_checkpointing,
+              "merge_lora": merge_lora, "activation_checkpointing": sft.activation_checkpointing,
+              "compile": sft.compile,
               "log_every": sft.log_every, "checkpoint_every": sft.checkpoint_every,
               "fail_at_step": fail_at_step}
     result = fit_on_ray_train(train_loop, config, stage, run_dir, sft.num_workers,

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The GPU checks, in one go (for the device machine: torch + transformers, no Ray needed):
+# the tests marked `gpu`, then bench_sft.py's variants. JSON lines go to $OUT (or ./gpu_out).
+#   bash scripts/gpu_checks.sh
+set -u
+OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+timeout 150 python -m pytest -q -m gpu -p no:cacheprovider tests/test_sft.py tests/test_hf_engine.py 2>&1 | tail -15
+BENCH="python scripts/bench_sft.py --steps 10 --warmup 3"
+# ours as train/sft.py runs it on GPUs (varlen attention, compiled layers), with the baseline
+timeout 240 $BENCH --compile | tee -a "$OUT/bench_sft.jsonl"
+timeout 120 $BENCH --skip-baseline | tee -a "$OUT/bench_sft.jsonl"                   # no compile
+timeout 180 $BENCH --skip-baseline --compile --attention sdpa | tee -a "$OUT/bench_sft.jsonl"
+timeout 180 $BENCH --skip-baseline --compile --batch 16 | tee -a "$OUT/bench_sft.jsonl"
