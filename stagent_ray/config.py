@@ -81,7 +81,7 @@ class AgentConfig:
     max_tokens: int = 1536           # whole trajectory, prompt included
     max_calls_per_turn: int = 1
     system_prompt: str | None = None
-    tool_prompt: str = "full"        # full JSON schemas | compact (names and argument types)
+    tool_prompt: str = "full"        # full JSON schemas | compact (names, argument types) | none
 
 
 @dataclass
@@ -112,6 +112,7 @@ class PoolConfig:
     queries_per_family: int = 40     # source=world
     target_size: int = 300
     eval_per_family: int = 10        # source=world
+    families: list = field(default_factory=list)  # source=world: only these (empty: all 16)
     lsh_threshold: float = 0.8
     semantic_threshold: float = 0.9
     embedder: str = "hashed"         # hashed | a sentence-transformers model path
@@ -280,7 +281,7 @@ _CHOICES = {
     "teacher.kind": {"hf", "vllm", "openai", "oracle"},
     "policy.kind": {"hf", "vllm", "openai", "oracle"},
     "score.engine": {"actor", "serve"},
-    "agent.tool_prompt": {"full", "compact"},
+    "agent.tool_prompt": {"full", "compact", "none"},
     "rl.loss_agg": {"token-mean", "seq-mean-token-mean", "seq-mean-token-sum"},
     "rl.kl_estimator": {"k1", "k3"},
     "rl.prompt_set": {"hard", "all"},
@@ -368,6 +369,12 @@ def validate(cfg: Config) -> Config:
         value = getattr(getattr(cfg, section), name)
         if value not in allowed:
             raise ConfigError(f"{dotted}: {value!r} is not one of {sorted(allowed)}")
+    if cfg.pool.families:
+        from stagent_ray.tasks.families import FAMILIES
+
+        unknown = sorted(set(cfg.pool.families) - set(FAMILIES))
+        if unknown:
+            raise ConfigError(f"pool.families: unknown {unknown}; choose from {sorted(FAMILIES)}")
     positive = ["score.n_rollouts", "score.num_actors", "rl.group_size", "rl.steps",
                 "sft0.batch_size", "sft1.batch_size", "rl.prompts_per_step", "rl.mini_batches",
                 "rl.micro_batch_size", "rl.num_workers", "sft0.seq_len", "sft1.seq_len",

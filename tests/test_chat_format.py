@@ -5,7 +5,7 @@ import json
 import pytest
 
 from stagent_ray.models.chat_format import (IM_END, format_tool_call, format_tool_response,
-                                            parse_assistant_turn, render_ids)
+                                            parse_assistant_turn, prompt_tools, render_ids)
 from stagent_ray.models.tokenizer import SYNTAX_LINES, train_tokenizer
 
 SCHEMAS = [
@@ -97,6 +97,16 @@ def test_render_equals_apply_chat_template(tokenizer):
     ids, _ = render_ids(tokenizer, conversation()[1:3], None)
     text = tokenizer.apply_chat_template(conversation()[1:3], tokenize=False)
     assert tokenizer.encode(text, add_special_tokens=False) == ids
+
+
+def test_tool_prompt_modes(tokenizer):
+    compact = prompt_tools(SCHEMAS, "compact")
+    assert prompt_tools(SCHEMAS, "full") == SCHEMAS and compact != SCHEMAS
+    assert [t["name"] for t in compact] == [t["function"]["name"] for t in SCHEMAS]
+    assert prompt_tools(SCHEMAS, "none") == []
+    full_len = len(render_ids(tokenizer, conversation(), SCHEMAS)[0])
+    none_ids, _ = render_ids(tokenizer, conversation(), prompt_tools(SCHEMAS, "none"))
+    assert "<tools>" not in tokenizer.decode(none_ids) and len(none_ids) < full_len
 
 
 def test_tokenizer_save_reload(tokenizer, tmp_path):

@@ -4,7 +4,7 @@ from stagent_ray.config import Config, ConfigError, load_config, parse_overrides
 
 
 def test_yaml_files_load():
-    for name in ("tiny", "gpu_small", "cluster"):
+    for name in ("tiny", "gpu_small", "cluster", "cascade_cpu", "cascade_gpu", "byod_example"):
         cfg = load_config(f"configs/{name}.yaml")
         assert isinstance(cfg, Config)
     cfg = load_config("configs/tiny.yaml")
@@ -31,6 +31,8 @@ def test_overrides_are_typed_and_nested():
     (["sft0=3"], "sft0"),
     (["sft0.lora=yes please"], "sft0.lora"),
     (["noequals"], "key=value"),
+    (["pool.families=[unsolvable,teleport]"], "pool.families"),
+    (["agent.tool_prompt=tiny"], "agent.tool_prompt"),
 ])
 def test_bad_config_names_the_key(override, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):

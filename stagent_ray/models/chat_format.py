@@ -59,7 +59,11 @@ def compact_tool_schemas(tool_schemas: list[dict]) -> list[dict]:
 
 
 def prompt_tools(tool_schemas: list[dict], mode: str = "full") -> list[dict]:
-    """The tool list as shown in the system prompt (`agent.tool_prompt`: full | compact)."""
+    """The tool list as shown in the system prompt (`agent.tool_prompt`: full | compact |
+    none). `none` is for models trained from scratch on this world: they learn the tools
+    from their SFT data, and a prompt of 60 tokens instead of 500 trains 2-3x faster."""
+    if mode == "none":
+        return []
     return compact_tool_schemas(tool_schemas) if mode == "compact" else tool_schemas
 
 

@@ -280,8 +280,12 @@ def run_pool(cfg, run_dir: str) -> dict:
     w = cfg.world
     world = load_world(w.seed, w.n_cities, w.pois_per_city, w.today)
     held_out_city = world.cities[-1].name
+    families = cfg.pool.families or FAMILIES
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown:
+        raise ValueError(f"pool.families: unknown {unknown}; the world's families: {FAMILIES}")
     pool, evals = [], []
-    for family in FAMILIES:
+    for family in families:
         # Over-generate so the funnel has something to remove.
         pool += generate_queries(world, family, cfg.pool.queries_per_family, seed=cfg.seed)
         evals += generate_queries(world, family, cfg.pool.eval_per_family * 3,
@@ -291,7 +295,7 @@ def run_pool(cfg, run_dir: str) -> dict:
 
     pool_texts = {q.text for q in pool}
     eval_set, seen = [], set()
-    for family in FAMILIES:
+    for family in families:
         fresh = [q for q in evals if q.family == family and q.text not in pool_texts
                  and q.text not in seen]
         # Prefer the held-out city, then anything fresh.
@@ -304,4 +308,4 @@ def run_pool(cfg, run_dir: str) -> dict:
     return {"funnel": counts, "pool": len(pool), "eval": len(eval_set),
             "eval_held_out_city": sum(q.city == held_out_city for q in eval_set),
             "held_out_city": held_out_city,
-            "families": {f: sum(q.family == f for q in pool) for f in FAMILIES}}
+            "families": {f: sum(q.family == f for q in pool) for f in families}}

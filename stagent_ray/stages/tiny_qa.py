@@ -25,8 +25,9 @@ def sample_tiny_queries(cfg, pool_rows: list[dict], eval_texts: set[str]) -> lis
     sample = rng.sample(pool_rows, min(k, len(pool_rows)))
     if cfg.tiny_qa.long_tail <= 0 or cfg.pool.source == "file":
         return sample
-    counts = {f: sum(r["family"] == f for r in pool_rows) for f in FAMILIES}
-    rare = sorted(FAMILIES, key=lambda f: (counts[f], f))[:max(1, len(FAMILIES) // 4)]
+    families = cfg.pool.families or FAMILIES
+    counts = {f: sum(r["family"] == f for r in pool_rows) for f in families}
+    rare = sorted(families, key=lambda f: (counts[f], f))[:max(1, len(families) // 4)]
     w = cfg.world
     world = load_world(w.seed, w.n_cities, w.pois_per_city, w.today)
     seen = {r["text"] for r in pool_rows} | eval_texts

@@ -300,7 +300,7 @@ def rl_loop(config: dict) -> None:
         metrics.update({f"faults_{k}": v for k, v in sum_faults(fault_parts).items()})
         history.append(metrics)
         if rank == 0:
-            write_jsonl(config["run_dir"], "train/rl_metrics.jsonl", history)
+            write_jsonl(config["run_dir"], f"train/{config['name']}_metrics.jsonl", history)
         done = step + 1
         if done % rl.checkpoint_every == 0 or done == rl.steps:
             with tempfile.TemporaryDirectory() as d:
@@ -461,9 +461,11 @@ def all_reduce_max(x: float, device) -> float:
 
 def run_rl(cfg, run_dir: str, init_checkpoint: str, out_relative: str, *,
            failure_config=None, fail_at_step: int | None = None,
-           prompts: list[dict] | None = None) -> dict:
+           prompts: list[dict] | None = None, name: str = "rl") -> dict:
     """Train from `init_checkpoint` on the hard queries of the run (data/hard.parquet,
-    joined with data/pool.parquet for their ground truth); export to `out_relative`."""
+    joined with data/pool.parquet for their ground truth); export to `out_relative`.
+    `name` keys the run's checkpoints and metrics (train/<name>, train/<name>_metrics.jsonl):
+    another name is another run (the cascade benchmark's ablations)."""
     import ray
 
     from stagent_ray.config import config_to_dict
@@ -483,14 +485,14 @@ def run_rl(cfg, run_dir: str, init_checkpoint: str, out_relative: str, *,
     serve_app = None
     if rl.rollout_engine == "serve":
         from stagent_ray.serve.deployments import deploy_policy
-        serve_app = "rl_policy"
+        serve_app = f"{name}_policy"
         deploy_policy(init_checkpoint, cfg.policy, cfg.serve, name=serve_app)
     config = {"cfg": config_to_dict(cfg), "run_dir": run_dir,
               "init_checkpoint": init_checkpoint, "prompts_ref": ray.put(prompts),
-              "fail_at_step": fail_at_step, "serve_app": serve_app,
-              "sync_dir": run_path(run_dir, "train/rl_sync")}
+              "fail_at_step": fail_at_step, "serve_app": serve_app, "name": name,
+              "sync_dir": run_path(run_dir, f"train/{name}_sync")}
     try:
-        result = fit_on_ray_train(rl_loop, config, "rl", run_dir, rl.num_workers, failure_config)
+        result = fit_on_ray_train(rl_loop, config, name, run_dir, rl.num_workers, failure_config)
     finally:
         if serve_app:
             from ray import serve
@@ -499,7 +501,7 @@ def run_rl(cfg, run_dir: str, init_checkpoint: str, out_relative: str, *,
     if ckpt is None or metrics.get("step") != rl.steps:
         raise RuntimeError(f"rl: training ended without its final checkpoint (last: {metrics})")
     path = publish_dir(ckpt.filesystem, posixpath.join(ckpt.path, "hf"), run_dir, out_relative)
-    history = read_history(run_dir)
+    history = read_history(run_dir, name)
     first = history[: max(1, len(history) // 4)]
     last = history[-max(1, len(history) // 4):]
     return {"steps": rl.steps, "path": path, "resumed_from_step": metrics["start_step"],
@@ -513,9 +515,9 @@ def run_rl(cfg, run_dir: str, init_checkpoint: str, out_relative: str, *,
                              for k in ("rollout", "scoring", "update", "sync", "step")}}
 
 
-def read_history(run_dir: str) -> list[dict]:
+def read_history(run_dir: str, name: str = "rl") -> list[dict]:
     from stagent_ray.runio import filesystem, run_path
 
     fs, _ = filesystem(run_dir)
-    with fs.open_input_stream(run_path(run_dir, "train/rl_metrics.jsonl")) as f:
+    with fs.open_input_stream(run_path(run_dir, f"train/{name}_metrics.jsonl")) as f:
         return [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]

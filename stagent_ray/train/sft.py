@@ -247,7 +247,7 @@ def _resolve(run_dir: str, path: str) -> str:
 def run_sft(cfg, run_dir: str, stage: str, data_relative: str, init_checkpoint: str,
             out_relative: str, tool_schemas: list[dict] | None = None, *,
             max_steps: int | None = None, merge_lora: bool = True, failure_config=None,
-            fail_at_step: int | None = None) -> dict:
+            fail_at_step: int | None = None, name: str | None = None) -> dict:
     """Train stage `stage` ("sft0" | "sft1": picks cfg.sft0 / cfg.sft1) on the trajectories
     in `<run_dir>/<data_relative>`, starting from `init_checkpoint`; export the model to
     `<run_dir>/<out_relative>`. Resumes from the stage's last Ray Train checkpoint if any.
@@ -258,7 +258,8 @@ def run_sft(cfg, run_dir: str, stage: str, data_relative: str, init_checkpoint: 
     after three controller failures instead of waiting forever). fail_at_step: fault
     injection for tests — rank 0 SIGKILLs itself as it starts that step. (Ray registers a
     checkpoint only after its controller polled every rank's report of it, so a kill right
-    after a checkpoint may resume from the one before.)
+    after a checkpoint may resume from the one before.) name: keys the checkpoints and
+    metrics (default: the stage; another name is another run, e.g. a benchmark ablation).
 
     Returns a summary: steps, final_loss, tokens_per_s, path (the exported model),
     resumed_from_step (0 for a fresh run), and the data counts (samples, truncated,
@@ -305,7 +306,8 @@ def run_sft(cfg, run_dir: str, stage: str, data_relative: str, init_checkpoint: 
     if max_steps:
         total = min(total, max_steps)
 
-    config = {"stage": stage, "run_dir": run_dir, "storage": f"{storage_path(run_dir)}/{stage}",
+    name = name or stage
+    config = {"stage": name, "run_dir": run_dir, "storage": f"{storage_path(run_dir)}/{name}",
               "init_checkpoint": init, "data_ref": ray.put(packed),
               "fingerprint": fingerprint(packed), "total_steps": total, "seed": cfg.seed,
               "seq_len": sft.seq_len, "batch_size": sft.batch_size, "grad_accum": sft.grad_accum,
@@ -315,7 +317,7 @@ def run_sft(cfg, run_dir: str, stage: str, data_relative: str, init_checkpoint: 
               "compile": sft.compile,
               "log_every": sft.log_every, "checkpoint_every": sft.checkpoint_every,
               "fail_at_step": fail_at_step}
-    result = fit_on_ray_train(train_loop, config, stage, run_dir, sft.num_workers,
+    result = fit_on_ray_train(train_loop, config, name, run_dir, sft.num_workers,
                               failure_config, CHECKPOINTS_TO_KEEP)
     ckpt, metrics = result.checkpoint, result.metrics or {}
     if ckpt is None or metrics.get("step") != total:

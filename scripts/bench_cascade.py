@@ -1,0 +1,242 @@
+"""The cascade against its ablations: same seeds, same held-out eval set, same budget.
+
+    python scripts/bench_cascade.py --config configs/cascade_cpu.yaml --seeds 0 \
+        --out scripts/results/cascade_cpu.json [key=value overrides]
+
+Per seed it runs the whole cascade (`stagent-ray run`: pool, tiny_qa, sft0, score, split,
+sft1, rl, eval, report) in <run_dir>/seed<k>, then the ablations in the same run directory,
+from the same artifacts:
+  teacher   the teacher itself (its sampling noise on), the bar to reach
+  sft0      SFT-0 on the tiny teacher set
+  sft1      SFT-1: SFT-0 further trained on the certain QAs (the recipe)
+  sft1_all  SFT-1': the same, on every scored query's best verified trajectory (all
+            regions, no certainty filter, no trivial down-sampling; the same teacher-
+            recovered rows); capped at SFT-1's number of optimizer steps
+  rl        RL from SFT-1 on the hard queries (the recipe)
+  rl_all    RL': from SFT-1 on the whole pool (same steps, prompts per step, group size)
+  rl_sft0   RL'': from SFT-0 on the hard queries (no SFT-1)
+Every model answers every eval query once, greedily (the teacher samples: it is scripted).
+Columns: verified rate, rubric, reward and [Unsolved] accuracy, overall and by family, each
+with a 95% bootstrap interval over the eval episodes (all seeds pooled), and per seed.
+Re-running resumes: finished stages and ablations are skipped.
+
+Prints ONE JSON line (also written to --out, with the command that produced it) and, with
+--plot, a bar chart of verified rate with its intervals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import asdict, replace
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from stagent_ray.config import load_config  # noqa: E402
+from stagent_ray.models.chat_format import UNSOLVED_MARKER  # noqa: E402
+from stagent_ray.pipeline import run_pipeline  # noqa: E402
+from stagent_ray.runio import exists, read_table, run_path, write_table  # noqa: E402
+
+ROWS = ["teacher", "sft0", "sft1", "sft1_all", "rl", "rl_all", "rl_sft0"]
+METRICS = ["verified", "rubric", "reward", "unsolved_accuracy"]
+BOOTSTRAP = 2000
+
+
+# ---------------------------------------------------------------- the ablations
+
+def all_scored_rows(run_dir: str) -> list[dict]:
+    """SFT-1' data: the best verified rollout of every scored query, whatever its region,
+    plus the teacher-recovered rows SFT-1 also gets."""
+    rows = [{"query_id": r["query_id"], "family": r["family"], "text": r["text"],
+             "messages": r["best_messages"], "source": "policy_any",
+             "pass_rate": r["pass_rate"]}
+            for r in read_table(run_dir, "data/full_qa.parquet") if r["best_verified"]]
+    rows += [r for r in read_table(run_dir, "data/certain.parquet")
+             if r["source"] == "teacher_recovered"]
+    return rows
+
+
+def run_ablations(cfg, log) -> dict:
+    from stagent_ray.train.rl import run_rl
+    from stagent_ray.train.sft import run_sft
+
+    run_dir = cfg.run_dir
+    manifest = json.load(open(run_path(run_dir, "manifest.json")))
+    sft1_steps = manifest["stages"]["sft1"]["metrics"]["steps"]
+    hard_empty = not read_table(run_dir, "data/hard.parquet")
+    done = {}
+    if not exists(run_dir, "ckpt/sft1_all/config.json"):
+        log("[sft1_all] running")
+        write_table(run_dir, "data/all_scored.parquet", all_scored_rows(run_dir))
+        done["sft1_all"] = run_sft(cfg, run_dir, "sft1", "data/all_scored.parquet",
+                                   run_path(run_dir, "ckpt/sft0"), "ckpt/sft1_all",
+                                   max_steps=sft1_steps, name="sft1_all")
+    # Like the pipeline: with no hard query, RL on hard queries falls back to the pool.
+    hard = replace(cfg, rl=replace(cfg.rl, prompt_set="all" if hard_empty else "hard"))
+    runs = {"rl_all": (replace(cfg, rl=replace(cfg.rl, prompt_set="all")), "ckpt/sft1"),
+            "rl_sft0": (hard, "ckpt/sft0")}
+    for name, (run_cfg, init) in runs.items():
+        if not exists(run_dir, f"ckpt/{name}/config.json"):
+            log(f"[{name}] running")
+            done[name] = run_rl(run_cfg, run_dir, run_path(run_dir, init), f"ckpt/{name}",
+                                name=name)
+    return {"hard_set_empty": hard_empty, "sft1_steps": sft1_steps, **done}
+
+
+def evaluate_ablations(cfg, log) -> None:
+    from stagent_ray.stages.evaluate import evaluate_model
+
+    run_dir = cfg.run_dir
+    eval_rows = read_table(run_dir, "data/eval.parquet")
+    for name in ROWS[1:]:
+        if exists(run_dir, f"eval/{name}_greedy_trajectories.parquet"):
+            continue  # the pipeline's eval stage did sft0, sft1, rl
+        log(f"[eval {name}] running")
+        engine = {"kind": cfg.policy.kind, "model": run_path(run_dir, f"ckpt/{name}"),
+                  "device": cfg.policy.device, "max_batch_size": cfg.policy.max_batch_size}
+        evaluate_model(cfg, run_dir, name, engine, eval_rows, [("greedy", 0.0, 1)])
+
+
+# ---------------------------------------------------------------- the table
+
+def episode_values(run_dir: str, name: str) -> list[dict]:
+    """One dict per eval episode: family and each metric (None where it does not apply)."""
+    mode = "sampled" if name == "teacher" else "greedy"
+    queries = {r["query_id"]: r for r in read_table(run_dir, "data/eval.parquet")}
+    out = []
+    for t in read_table(run_dir, f"eval/{name}_{mode}_trajectories.parquet"):
+        if t.get("infra_fault"):
+            continue  # the tools failed, not the model (none without injected faults)
+        q = queries[t["query_id"]]
+        messages = json.loads(t["messages"])
+        answer = messages[-1]["content"] if messages and messages[-1]["role"] == "assistant" else ""
+        out.append({"family": q["family"], "verified": float(t["verified"]),
+                    "reward": float(t["reward"]),
+                    "rubric": json.loads(t["parts"]).get("rubric"),
+                    "unsolved_accuracy": float(UNSOLVED_MARKER in answer)
+                    if q["difficulty"] == -1 else None})
+    return out
+
+
+def mean_ci(values: list[float], rng: np.random.Generator) -> dict | None:
+    """Mean and 95% percentile-bootstrap interval over episodes."""
+    v = np.array([x for x in values if x is not None], dtype=float)
+    if not len(v):
+        return None
+    means = v[rng.integers(0, len(v), (BOOTSTRAP, len(v)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"mean": round(float(v.mean()), 4), "ci95": [round(float(lo), 4), round(float(hi), 4)],
+            "n": int(len(v))}
+
+
+def summarise(episodes: list[dict], rng) -> dict:
+    return {m: mean_ci([e[m] for e in episodes], rng) for m in METRICS}
+
+
+def table(run_dirs: dict[int, str]) -> dict:
+    rng = np.random.default_rng(0)
+    rows = {}
+    for name in ROWS:
+        per_seed = {seed: episode_values(d, name) for seed, d in run_dirs.items()}
+        pooled = [e for eps in per_seed.values() for e in eps]
+        families = sorted({e["family"] for e in pooled})
+        rows[name] = {
+            "overall": summarise(pooled, rng),
+            "by_family": {f: summarise([e for e in pooled if e["family"] == f], rng)
+                          for f in families},
+            "per_seed": {str(s): {m: (mean_ci([e[m] for e in eps], rng) or {}).get("mean")
+                                  for m in METRICS} for s, eps in per_seed.items()}}
+    return rows
+
+
+def targets(rows: dict) -> dict:
+    v = {name: rows[name]["overall"]["verified"]["mean"] for name in ROWS}
+    student = max(v["rl"], v["sft1"])
+    return {"sft1 > sft0": v["sft1"] > v["sft0"], "rl > sft1": v["rl"] > v["sft1"],
+            "rl (hard) >= rl_all": v["rl"] >= v["rl_all"],
+            "sft1 (certain) > sft1_all": v["sft1"] > v["sft1_all"],
+            "rl > rl_sft0": v["rl"] > v["rl_sft0"],
+            "student / teacher verified": round(student / v["teacher"], 4) if v["teacher"] else None,
+            "student >= 80% of teacher": bool(v["teacher"]) and student >= 0.8 * v["teacher"]}
+
+
+def plot(rows: dict, path: str, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in ROWS if rows[n]["overall"]["verified"]]
+    means = [rows[n]["overall"]["verified"]["mean"] for n in names]
+    lo = [m - rows[n]["overall"]["verified"]["ci95"][0] for n, m in zip(names, means)]
+    hi = [rows[n]["overall"]["verified"]["ci95"][1] - m for n, m in zip(names, means)]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar(names, means, yerr=[lo, hi], capsize=4,
+           color=["#888"] + ["#4c72b0" if "_" not in n else "#dd8452" for n in names[1:]])
+    ax.set_ylabel("verified rate (eval set)")
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default="configs/cascade_cpu.yaml")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--out", help="also write the JSON here")
+    ap.add_argument("--plot", help="bar chart of verified rate (PNG)")
+    ap.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
+    args = ap.parse_args()
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731 - stdout is the JSON
+
+    t0 = time.time()
+    run_dirs, ablations, stage_seconds = {}, {}, {}
+    for seed in args.seeds:
+        base = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides + [
+            f"seed={seed}", f"run_dir={os.path.abspath(base.run_dir)}/seed{seed}"])
+        log(f"== seed {seed}: {cfg.run_dir}")
+        if run_pipeline(cfg, log=log) != 0:
+            raise SystemExit(f"seed {seed}: the cascade failed (see {cfg.run_dir}/manifest.json)")
+        ablations[seed] = run_ablations(cfg, log)
+        evaluate_ablations(cfg, log)
+        run_dirs[seed] = cfg.run_dir
+        manifest = json.load(open(run_path(cfg.run_dir, "manifest.json")))
+        stage_seconds[seed] = {s: round(e.get("seconds", 0), 1)
+                               for s, e in manifest["stages"].items()}
+    rows = table(run_dirs)
+    result = {
+        "bench": "cascade", "config": args.config, "overrides": args.overrides,
+        "seeds": args.seeds,
+        "command": "python scripts/bench_cascade.py " + shlex.join(sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "wall_s": round(time.time() - t0, 1),
+        "targets": targets(rows), "rows": rows,
+        "split": {s: json.load(open(run_path(d, "data/split_report.json")))["regions"]
+                  for s, d in run_dirs.items()},
+        "ablations": {s: {k: v if not isinstance(v, dict) else
+                          {m: v.get(m) for m in ("steps", "final_loss", "prompts",
+                                                 "reward_first_quarter",
+                                                 "reward_last_quarter") if m in v}
+                          for k, v in a.items()} for s, a in ablations.items()},
+        "stage_seconds": stage_seconds,
+        "config_used": asdict(load_config(args.config, args.overrides))}
+    line = json.dumps(result)
+    print(line)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    if args.plot:
+        plot(rows, args.plot, f"{args.config}, seeds {args.seeds}: verified rate, 95% CI")
+
+
+if __name__ == "__main__":
+    main()
