@@ -44,11 +44,11 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
     groups = q.shape[1] // k.shape[1]
     kernel, gqa = _KERNEL.get("fn") if q.is_cuda else None, _KERNEL.get("gqa", False)
     if kernel is not None:
-        if groups > 1 and not gqa:
+        if groups > 1 and not gqa:  # older kernels want as many k/v heads as q heads
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        extra = {"enable_gqa": True} if groups > 1 and gqa else {}
         out = kernel(q, k, v, cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q,
-                     scale=scaling, window_size=(-1, 0), **({"enable_gqa": True} if gqa and
-                                                            groups > 1 else {}))
+                     scale=scaling, window_size=(-1, 0), **extra)         # causal
         return out.unsqueeze(0), None
     borders = cu_seq_lens_q.tolist()
     outs = []
