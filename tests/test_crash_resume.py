@@ -23,21 +23,15 @@ import pytest
 from stagent_ray.config import load_config
 from stagent_ray.pipeline import STAGES, run_pipeline
 from stagent_ray.runio import read_table
+from test_pipeline import TINY
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
-CASCADE = [
-    "model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2",
-    "model.num_heads=2", "model.num_kv_heads=1", "model.vocab_size=2048",
-    "pool.queries_per_family=4", "pool.target_size=24", "pool.eval_per_family=1",
-    "tiny_qa.fraction=0.5", "tiny_qa.long_tail=2", "tiny_qa.k=2",
-    "score.n_rollouts=2", "score.batch_size=4", "split.k_max=1", "split.certain_threshold=0.5",
-    "sampling.max_new_tokens=48", "agent.max_turns=3", "agent.max_tokens=1200",
-    "sft0.epochs=1", "sft0.batch_size=2", "sft0.seq_len=1024", "sft0.checkpoint_every=2",
-    "sft1.epochs=1", "sft1.batch_size=2", "sft1.seq_len=1024", "sft1.checkpoint_every=2",
-    "rl.steps=3", "rl.prompts_per_step=2", "rl.group_size=2", "rl.micro_batch_size=2",
-    "rl.max_refill_rounds=0", "rl.prompt_set=all", "rl.checkpoint_every=1",
-    "eval.pass_k=2", "eval.checkpoints=[rl]", "eval.teacher=false",
+# test_pipeline's tiny cascade, with checkpoints every few steps (so a kill lands between
+# them), one checkpoint to evaluate, and faults injected.
+CASCADE = [o for o in TINY if not o.startswith(("rl.steps=", "eval.checkpoints="))] + [
+    "sft0.checkpoint_every=2", "sft1.checkpoint_every=2", "rl.steps=3", "rl.checkpoint_every=1",
+    "eval.checkpoints=[rl]", "eval.teacher=false",
     "world.tool_timeout_s=1.0", "faults.tool_timeout=0.04", "faults.tool_error=0.1",
     "faults.tool_malformed=0.06", "faults.engine_garbage=0.1",
 ]

@@ -1,6 +1,7 @@
-"""Ray-level faults in the score stage: injected tool faults and a Ray Data rollout actor that
-dies mid-batch; a Serve Policy replica killed while the stage sends it requests. Each time
-the stage completes with every query_id exactly once."""
+"""Ray-level faults. In the score stage: injected tool faults and a Ray Data rollout actor that
+dies mid-batch; a Serve Policy replica killed while the stage sends it requests (each time
+the stage completes with every query_id exactly once). In SFT: a Ray Train worker killed
+mid-run (the run restarts from its last checkpoint and finishes)."""
 
 import json
 import os
@@ -17,6 +18,7 @@ from stagent_ray.stages.score import run_score
 from stagent_ray.tasks.families import FAMILIES, generate_queries
 from stagent_ray.world.backends import TOOL_FAULTS
 from stagent_ray.world.generate import load_world
+from test_sft_ray import run_dir  # noqa: F401 - the fixture: training data and a base model
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
@@ -121,3 +123,61 @@ def test_score_through_serve_survives_a_killed_policy_replica(ray_session, tmp_p
         assert_every_query_once(run_dir, query_ids, 2)
     finally:
         serve.shutdown()
+
+
+def train_worker_pids() -> list[int]:
+    """Ray Train worker processes of this session's Ray (other Rays may share the machine):
+    children of our raylet whose process title names the worker class."""
+    import subprocess
+
+    import ray
+
+    raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
+    ps = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+    rows = [line.split(None, 2) for line in ps.splitlines()[1:]]
+    return [int(pid) for pid, ppid, args in rows
+            if int(ppid) == raylet and args.startswith("ray::RayTrainWorker")]
+
+
+def test_sft_worker_killed_mid_run_restarts_from_its_last_checkpoint(ray_session, run_dir):
+    """FailureConfig at work inside one fit(): SIGKILL a training worker; Ray Train restarts
+    the worker group, which resumes from the last checkpoint and finishes the run."""
+    import signal
+
+    from ray.train import FailureConfig
+
+    from stagent_ray.train.sft import run_sft
+    from test_sft_ray import make_cfg, read_metrics
+
+    metrics_path = os.path.join(run_dir, "train", "sft0_metrics.jsonl")
+    outcome = {}
+
+    def train():
+        try:
+            outcome["summary"] = run_sft(
+                make_cfg(run_dir), run_dir, "sft0", "data/train.parquet", "ckpt/base",
+                "ckpt/sft0", [],
+                failure_config=FailureConfig(max_failures=1, controller_failure_limit=3))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    # Two reports after the step-4 checkpoint make sure Ray Train registered it (test_sft_ray).
+    deadline = time.time() + 300
+    while time.time() < deadline and thread.is_alive():
+        if os.path.exists(metrics_path) and max(read_metrics(run_dir), default=0) >= 6:
+            break
+        time.sleep(0.1)
+    pids = train_worker_pids()
+    assert len(pids) == 2, pids
+    killed_after = max(read_metrics(run_dir))
+    os.kill(pids[0], signal.SIGKILL)
+    thread.join(timeout=400)
+    assert "error" not in outcome, outcome.get("error")
+    summary = outcome["summary"]
+    steps = summary["steps"]  # 5 epochs of the data
+    assert killed_after < steps, "the kill should land mid-run"
+    assert 4 <= summary["resumed_from_step"] <= killed_after
+    assert summary["resumed_from_step"] % 4 == 0  # a checkpoint step (checkpoint_every=4)
+    assert sorted(read_metrics(run_dir)) == list(range(1, steps + 1))
