@@ -146,3 +146,33 @@ def test_infra_faulted_episodes_are_not_scored_as_the_models_failure():
                                        "retried": 1, "unrecovered": 1}
     with pytest.raises(RuntimeError, match="every episode failed on the tool backend"):
         summarise_query(row, [trajs[1]])
+
+
+def test_bad_run_dir_input_gives_errors_that_name_the_problem(tmp_path, tiny_checkpoint):
+    import shutil
+
+    from stagent_ray.rollout.hf_engine import HFEngine
+    from stagent_ray.runio import RunDirError, read_json, read_table, run_path, write_json, write_table
+
+    run_dir = str(tmp_path)
+    for path in ("../outside.parquet", "data/../../outside.json", "/etc/passwd", "s3://x/y"):
+        with pytest.raises(RunDirError, match="run directory"):
+            run_path(run_dir, path)
+    write_table(run_dir, "data/t.parquet", [{"query_id": f"q{i}", "x": i} for i in range(100)])
+    table = tmp_path / "data" / "t.parquet"
+    table.write_bytes(table.read_bytes()[:200])  # truncated
+    with pytest.raises(RunDirError, match=f"{table} is not a readable Parquet file"):
+        read_table(run_dir, "data/t.parquet")
+    with pytest.raises(RunDirError, match="does not exist"):
+        read_table(run_dir, "data/missing.parquet")
+    write_json(run_dir, "m.json", {"stages": {"pool": {"status": "complete"}}})
+    (tmp_path / "m.json").write_text('{"stages": {"po')
+    with pytest.raises(RunDirError, match="m.json is not valid JSON"):
+        read_json(run_dir, "m.json")
+    # A truncated model checkpoint: the error names it.
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    with pytest.raises(ValueError, match=f"checkpoint {ckpt} cannot be loaded"):
+        HFEngine(str(ckpt), device="cpu")

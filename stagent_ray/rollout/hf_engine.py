@@ -140,7 +140,11 @@ class HFEngine(TokenEngine):
 
             from stagent_ray.models.build import load_tokenizer
             path = str(model_path_or_model)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+            try:
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+            except Exception as exc:  # the loaders' own messages do not name the file
+                raise ValueError(f"checkpoint {path} cannot be loaded (missing, corrupt or "
+                                 f"truncated?): {type(exc).__name__}: {exc}") from exc
             tokenizer = tokenizer if tokenizer is not None else load_tokenizer(path)
         else:
             model = model_path_or_model
