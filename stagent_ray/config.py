@@ -113,6 +113,7 @@ class PoolConfig:
     target_size: int = 300
     eval_per_family: int = 10        # source=world
     families: list = field(default_factory=list)  # source=world: only these (empty: all 16)
+    hold_out_city: bool = True       # source=world: eval queries from a city the pool lacks
     lsh_threshold: float = 0.8
     semantic_threshold: float = 0.9
     embedder: str = "hashed"         # hashed | a sentence-transformers model path

@@ -54,3 +54,28 @@ def test_split_regions_hand_computed():
     assert pass_at_k(8, 3, 2) == 1 - (5 * 4) / (8 * 7)
     # A lower threshold moves the hard query into certain.
     assert region_of(hard, 0.5) == "certain"
+
+
+def test_world_pool_families_and_held_out_city(tmp_path):
+    from stagent_ray.config import load_config
+    from stagent_ray.runio import read_table
+    from stagent_ray.stages.pool import run_pool
+
+    families = ["unsolvable", "current_weather", "place_hours"]
+    for hold_out in (True, False):
+        run_dir = str(tmp_path / str(hold_out))
+        cfg = load_config("configs/tiny.yaml", [
+            f"run_dir={run_dir}", f"pool.families=[{','.join(families)}]",
+            f"pool.hold_out_city={str(hold_out).lower()}", "pool.queries_per_family=20",
+            "pool.eval_per_family=4"])
+        metrics = run_pool(cfg, run_dir)
+        pool, evals = read_table(run_dir, "data/pool.parquet"), read_table(run_dir,
+                                                                           "data/eval.parquet")
+        assert {r["family"] for r in pool} == {r["family"] for r in evals} == set(families)
+        assert not {r["text"] for r in pool} & {r["text"] for r in evals}
+        pool_cities = {r["city"] for r in pool}
+        if hold_out:   # the eval set's city is one the pool never shows
+            assert metrics["held_out_city"] not in pool_cities
+            assert metrics["eval_held_out_city"] > 0
+        else:
+            assert metrics["held_out_city"] is None and len(pool_cities - {None}) == 4

@@ -279,7 +279,9 @@ def run_pool(cfg, run_dir: str) -> dict:
 
     w = cfg.world
     world = load_world(w.seed, w.n_cities, w.pois_per_city, w.today)
-    held_out_city = world.cities[-1].name
+    # The eval set's city is one the pool never shows (the hard test: unseen place names);
+    # with pool.hold_out_city off the eval queries are unseen queries in the same cities.
+    held_out_city = world.cities[-1].name if cfg.pool.hold_out_city else None
     families = cfg.pool.families or FAMILIES
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
@@ -290,7 +292,7 @@ def run_pool(cfg, run_dir: str) -> dict:
         pool += generate_queries(world, family, cfg.pool.queries_per_family, seed=cfg.seed)
         evals += generate_queries(world, family, cfg.pool.eval_per_family * 3,
                                   seed=cfg.seed + 10_000)
-    pool = [q for q in pool if q.city != held_out_city]
+    pool = [q for q in pool if held_out_city is None or q.city != held_out_city]
     pool, counts = curate(pool, cfg.pool, cfg.seed)
 
     pool_texts = {q.text for q in pool}
@@ -306,6 +308,7 @@ def run_pool(cfg, run_dir: str) -> dict:
     write_table(run_dir, "data/pool.parquet", [query_to_row(q) for q in pool])
     write_table(run_dir, "data/eval.parquet", [query_to_row(q) for q in eval_set])
     return {"funnel": counts, "pool": len(pool), "eval": len(eval_set),
-            "eval_held_out_city": sum(q.city == held_out_city for q in eval_set),
+            "eval_held_out_city": sum(held_out_city is not None and q.city == held_out_city
+                                      for q in eval_set),
             "held_out_city": held_out_city,
             "families": {f: sum(q.family == f for q in pool) for f in families}}
