@@ -51,7 +51,7 @@ def sum_faults(fault_jsons) -> dict:
 def summarise_query(query_row: dict, all_trajs: list[dict]) -> dict:
     """The per-query row of a scored pool, from its N scored trajectories. Episodes marked
     `infra_fault` are not the model's doing: they count in `infra_faulted` only."""
-    trajs = [t for t in all_trajs if not t["infra_fault"]]
+    trajs = [t for t in all_trajs if not t.get("infra_fault")]  # rows of older runs lack it
     if not trajs:
         raise RuntimeError(f"query {query_row['query_id']}: every episode failed on the tool "
                            f"backend even after retries and re-rolls; is the backend up?")
@@ -72,8 +72,8 @@ def summarise_query(query_row: dict, all_trajs: list[dict]) -> dict:
         "tool_errors": int(sum(t["num_tool_errors"] for t in trajs)),
         "best_index": best, "best_reward": rewards[best], "best_verified": verified[best],
         "best_messages": trajs[best]["messages"],
-        "infra_faulted": len(all_trajs) - n, "faults": json.dumps(sum_faults(
-            t["faults"] for t in all_trajs)),
+        "infra_faulted": len(all_trajs) - n,
+        "faults": json.dumps(sum_faults(t.get("faults") or {} for t in all_trajs)),
     }
 
 
@@ -90,11 +90,10 @@ class RolloutActor:
         import torch
 
         from stagent_ray.config import config_from_dict
+        from stagent_ray.rollout.engine import with_faults
         from stagent_ray.world.backends import executor_from_config
 
         torch.set_num_threads(1)
-        from stagent_ray.rollout.engine import with_faults
-
         self.cfg = config_from_dict(cfg_dict)
         self.executor = executor_from_config(self.cfg.world, self.cfg.faults)
         self.n, self.run_dir, self.parts_dir, self.salt = n, run_dir, parts_dir, salt

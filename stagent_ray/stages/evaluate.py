@@ -64,7 +64,7 @@ def evaluate_model(cfg, run_dir: str, name: str, engine: dict, eval_rows: list[d
         rows = consolidate(run_dir, parts, f"eval/{name}_{mode}_queries.parquet",
                            f"eval/{name}_{mode}_trajectories.parquet")
         trajs = [t for t in read_table(run_dir, f"eval/{name}_{mode}_trajectories.parquet")
-                 if not t["infra_fault"]]
+                 if not t.get("infra_fault")]
         families = sorted({queries[t["query_id"]]["family"] for t in trajs})
         result[mode] = {
             "overall": summarise(trajs, queries),
