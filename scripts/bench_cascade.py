@@ -42,7 +42,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from stagent_ray.config import load_config  # noqa: E402
 from stagent_ray.models.chat_format import UNSOLVED_MARKER  # noqa: E402
 from stagent_ray.pipeline import run_pipeline  # noqa: E402
-from stagent_ray.runio import exists, read_table, run_path, write_table  # noqa: E402
+from stagent_ray.runio import (exists, read_json, read_table, run_path,  # noqa: E402
+                               write_json, write_table)
 
 ROWS = ["teacher", "sft0", "sft1", "sft1_all", "rl", "rl_all", "rl_sft0"]
 METRICS = ["verified", "rubric", "reward", "unsolved_accuracy"]
@@ -63,31 +64,52 @@ def all_scored_rows(run_dir: str) -> list[dict]:
     return rows
 
 
-def run_ablations(cfg, log) -> dict:
+def run_ablations(cfg, log) -> None:
+    """Train SFT-1', RL' and RL'' (each skipped when its checkpoint exists); their wall
+    times go to <run_dir>/bench/seconds.json."""
     from stagent_ray.train.rl import run_rl
     from stagent_ray.train.sft import run_sft
 
     run_dir = cfg.run_dir
-    manifest = json.load(open(run_path(run_dir, "manifest.json")))
+    manifest = read_json(run_dir, "manifest.json")
     sft1_steps = manifest["stages"]["sft1"]["metrics"]["steps"]
     hard_empty = not read_table(run_dir, "data/hard.parquet")
-    done = {}
-    if not exists(run_dir, "ckpt/sft1_all/config.json"):
-        log("[sft1_all] running")
-        write_table(run_dir, "data/all_scored.parquet", all_scored_rows(run_dir))
-        done["sft1_all"] = run_sft(cfg, run_dir, "sft1", "data/all_scored.parquet",
-                                   run_path(run_dir, "ckpt/sft0"), "ckpt/sft1_all",
-                                   max_steps=sft1_steps, name="sft1_all")
     # Like the pipeline: with no hard query, RL on hard queries falls back to the pool.
     hard = replace(cfg, rl=replace(cfg.rl, prompt_set="all" if hard_empty else "hard"))
-    runs = {"rl_all": (replace(cfg, rl=replace(cfg.rl, prompt_set="all")), "ckpt/sft1"),
-            "rl_sft0": (hard, "ckpt/sft0")}
-    for name, (run_cfg, init) in runs.items():
-        if not exists(run_dir, f"ckpt/{name}/config.json"):
-            log(f"[{name}] running")
-            done[name] = run_rl(run_cfg, run_dir, run_path(run_dir, init), f"ckpt/{name}",
-                                name=name)
-    return {"hard_set_empty": hard_empty, "sft1_steps": sft1_steps, **done}
+    runs = {
+        "sft1_all": lambda: run_sft(cfg, run_dir, "sft1", "data/all_scored.parquet",
+                                    run_path(run_dir, "ckpt/sft0"), "ckpt/sft1_all",
+                                    max_steps=sft1_steps, name="sft1_all"),
+        "rl_all": lambda: run_rl(replace(cfg, rl=replace(cfg.rl, prompt_set="all")), run_dir,
+                                 run_path(run_dir, "ckpt/sft1"), "ckpt/rl_all", name="rl_all"),
+        "rl_sft0": lambda: run_rl(hard, run_dir, run_path(run_dir, "ckpt/sft0"),
+                                  "ckpt/rl_sft0", name="rl_sft0")}
+    write_table(run_dir, "data/all_scored.parquet", all_scored_rows(run_dir))
+    for name, train in runs.items():
+        if exists(run_dir, f"ckpt/{name}/config.json"):
+            continue
+        log(f"[{name}] running")
+        t0 = time.time()
+        train()
+        seconds = read_json(run_dir, "bench/seconds.json") if exists(
+            run_dir, "bench/seconds.json") else {}
+        write_json(run_dir, "bench/seconds.json", {**seconds, name: round(time.time() - t0, 1)})
+
+
+def training_summary(run_dir: str) -> dict:
+    """Steps and final loss of each SFT run, steps and reward of each RL run."""
+    out = {}
+    for name in ("sft0", "sft1", "sft1_all", "rl", "rl_all", "rl_sft0"):
+        path = run_path(run_dir, f"train/{name}_metrics.jsonl")
+        history = [json.loads(line) for line in open(path) if line.strip()]
+        if name.startswith("sft"):
+            out[name] = {"steps": history[-1]["step"], "final_loss": round(history[-1]["loss"], 4)}
+        else:
+            q = max(1, len(history) // 4)
+            out[name] = {"steps": len(history), "reward_first_quarter": round(float(np.mean(
+                [h["reward_mean"] for h in history[:q]])), 4), "reward_last_quarter": round(
+                float(np.mean([h["reward_mean"] for h in history[-q:]])), 4)}
+    return out
 
 
 def evaluate_ablations(cfg, log) -> None:
@@ -198,7 +220,7 @@ def main() -> None:
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731 - stdout is the JSON
 
     t0 = time.time()
-    run_dirs, ablations, stage_seconds = {}, {}, {}
+    run_dirs, training, stage_seconds = {}, {}, {}
     for seed in args.seeds:
         base = load_config(args.config, args.overrides)
         cfg = load_config(args.config, args.overrides + [
@@ -206,28 +228,27 @@ def main() -> None:
         log(f"== seed {seed}: {cfg.run_dir}")
         if run_pipeline(cfg, log=log) != 0:
             raise SystemExit(f"seed {seed}: the cascade failed (see {cfg.run_dir}/manifest.json)")
-        ablations[seed] = run_ablations(cfg, log)
+        run_ablations(cfg, log)
         evaluate_ablations(cfg, log)
         run_dirs[seed] = cfg.run_dir
-        manifest = json.load(open(run_path(cfg.run_dir, "manifest.json")))
+        training[seed] = training_summary(cfg.run_dir)
+        manifest = read_json(cfg.run_dir, "manifest.json")
         stage_seconds[seed] = {s: round(e.get("seconds", 0), 1)
                                for s, e in manifest["stages"].items()}
+        if exists(cfg.run_dir, "bench/seconds.json"):  # the ablations' training times
+            stage_seconds[seed].update(read_json(cfg.run_dir, "bench/seconds.json"))
     rows = table(run_dirs)
     result = {
         "bench": "cascade", "config": args.config, "overrides": args.overrides,
         "seeds": args.seeds,
         "command": "python scripts/bench_cascade.py " + shlex.join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-        "wall_s": round(time.time() - t0, 1),
+        "wall_s_this_call": round(time.time() - t0, 1),  # finished work is skipped
         "targets": targets(rows), "rows": rows,
-        "split": {s: json.load(open(run_path(d, "data/split_report.json")))["regions"]
+        "split": {s: read_json(d, "data/split_report.json")["regions"]
                   for s, d in run_dirs.items()},
-        "ablations": {s: {k: v if not isinstance(v, dict) else
-                          {m: v.get(m) for m in ("steps", "final_loss", "prompts",
-                                                 "reward_first_quarter",
-                                                 "reward_last_quarter") if m in v}
-                          for k, v in a.items()} for s, a in ablations.items()},
-        "stage_seconds": stage_seconds,
+        "training": training,
+        "seconds": stage_seconds,
         "config_used": asdict(load_config(args.config, args.overrides))}
     line = json.dumps(result)
     print(line)
