@@ -103,8 +103,8 @@ def comparable(run_dir: str, relative: str):
         return f.read()
 
 
-def kill_driver_mid_stage(run_dir: str, stage: str, seconds: float, env: dict, log: str) -> bool:
-    """Start a driver that runs `stage`, SIGKILL it a random time into the stage; True when
+def kill_driver_mid_stage(run_dir: str, stage: str, delay: float, env: dict, log: str) -> bool:
+    """Start a driver that runs `stage`, SIGKILL it `delay` seconds into the stage; True when
     the stage was still running at the kill."""
     with open(log, "w") as out:
         proc = subprocess.Popen(DRIVER + ["--stages", stage, *CASCADE, f"run_dir={run_dir}"],
@@ -114,18 +114,15 @@ def kill_driver_mid_stage(run_dir: str, stage: str, seconds: float, env: dict, l
         assert proc.poll() is None, f"the driver exited: {open(log).read()[-2000:]}"
         assert time.time() < deadline, "the driver never started the stage"
         time.sleep(0.05)
-    time.sleep(random.Random(stage).uniform(0.1, 0.8) * seconds)
+    time.sleep(delay)
     landed = stage_status(run_dir, stage) == "running" and proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return landed
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_kill9_mid_stage_then_rerun_equals_the_uninterrupted_run(reference, stage, tmp_path,
-                                                                   ray_session):
-    run_dir = str(tmp_path / "run")
-    shutil.copytree(reference, run_dir)
+def reset_stage(reference: str, run_dir: str, stage: str) -> float:
+    """`run_dir` as the reference was before `stage` ran; returns the stage's seconds there."""
     for relative in OUTPUTS[stage]:
         path = os.path.join(run_dir, relative)
         if os.path.isdir(path):
@@ -137,12 +134,27 @@ def test_kill9_mid_stage_then_rerun_equals_the_uninterrupted_run(reference, stag
     seconds = manifest["stages"].pop(stage)["seconds"]
     with open(os.path.join(run_dir, "manifest.json"), "w") as f:  # as if it never ran
         json.dump(manifest, f)
+    return seconds
 
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_kill9_mid_stage_then_rerun_equals_the_uninterrupted_run(reference, stage, tmp_path,
+                                                                   ray_session):
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(reference, run_dir)
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-    landed = kill_driver_mid_stage(run_dir, stage, seconds, env, str(tmp_path / "driver.log"))
-    # The stages under a second (pool, report) may finish before the kill lands.
+    # A random point of the stage as long as the reference took; on a busy machine the
+    # driver may finish sooner, so a kill that came too late is tried again, earlier.
+    fraction = random.Random(stage).uniform(0.1, 0.8)
+    for attempt in range(3):
+        seconds = reset_stage(reference, run_dir, stage)
+        landed = kill_driver_mid_stage(run_dir, stage, fraction * seconds, env,
+                                       str(tmp_path / f"driver{attempt}.log"))
+        if landed:
+            break
+        fraction /= 4
+    # The stages under a second (pool, report) may finish before any kill lands.
     assert landed or seconds < 2, f"{stage}: the kill should land mid-stage"
-    assert stage_status(run_dir, stage) != "complete" or not landed
 
     assert run_pipeline(load_config("configs/tiny.yaml", CASCADE + [f"run_dir={run_dir}"]),
                         stages=[stage]) == 0
