@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from stagent_ray import __version__
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Subcommands owned by their packages.
     for module in ("stagent_ray.world.cli", "stagent_ray.tasks.cli", "stagent_ray.serve.cli"):
         try:
-            mod = __import__(module, fromlist=["register"])
+            mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
             if exc.name != module:  # a real import error inside the module must surface
                 raise

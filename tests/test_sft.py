@@ -168,3 +168,25 @@ def test_varlen_kernel_matches_masked_sdpa_on_gpu(tok):
     (a, ga), (b, gb) = results["sdpa"], results[VARLEN]
     assert abs(a - b) < 2e-2 * abs(a)
     assert torch.nn.functional.cosine_similarity(ga.flatten(), gb.flatten(), dim=0) > 0.99
+
+
+def test_truncated_training_checkpoint_names_itself(tok, tmp_path):
+    """A corrupt Ray Train checkpoint (here: its model shard file cut in half) fails the
+    resume with an error that names the checkpoint, not a bare DCP/pickle traceback."""
+    import torch.distributed as dist
+
+    from stagent_ray.train.common import (CheckpointError, adamw, load_train_state,
+                                          save_train_state, shard_model)
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = shard_model(build_tiny_model(TINY, tok, seed=3), torch.device("cpu"))
+        opt = adamw(model, 1e-3, 0.0, torch.device("cpu"))
+        save_train_state(str(tmp_path), model, opt, 0, {"step": 3})
+        assert load_train_state(str(tmp_path), model, opt, 0)["step"] == 3
+        shard = max((tmp_path / "dcp").glob("*.distcp"), key=lambda p: p.stat().st_size)
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+        with pytest.raises(CheckpointError, match=str(tmp_path)):
+            load_train_state(str(tmp_path), model, opt, 0)
+    finally:
+        dist.destroy_process_group()

@@ -25,6 +25,7 @@ import pyarrow.fs as pafs
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_state_dict, set_state_dict)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -206,6 +207,10 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+class CheckpointError(RuntimeError):
+    """A training checkpoint that cannot be resumed from."""
+
+
 def save_train_state(directory: str, model, optimizer, rank: int, trainer_state: dict) -> None:
     """Collective. Model + optimizer shards (DCP), this rank's RNG, and rank 0's
     `trainer_state` (step, scheduler, history: anything small and the same on all ranks)."""
@@ -217,16 +222,25 @@ def save_train_state(directory: str, model, optimizer, rank: int, trainer_state:
 
 
 def load_train_state(directory: str, model, optimizer, rank: int) -> dict:
-    """Collective. Restores model and optimizer in place; returns rank 0's trainer state."""
+    """Collective. Restores model and optimizer in place; returns rank 0's trainer state.
+    A missing, truncated or mismatched checkpoint raises CheckpointError naming it."""
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_options(model))
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=os.path.join(directory, "dcp"))
+    try:
+        dcp.load(state, checkpoint_id=os.path.join(directory, "dcp"))
+        trainer_state = torch.load(os.path.join(directory, "trainer_state.pt"), weights_only=False)
+    except (Exception, CheckpointException) as exc:  # DCP's is a BaseException
+        raise CheckpointError(
+            f"cannot resume from the training checkpoint {directory}: {type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else ''} — it is "
+            f"truncated or from another model/config. Delete it (or its run's train/<stage> "
+            f"directory) to start the stage over.") from exc
     set_state_dict(model, optimizer, model_state_dict=state["model"],
                    optim_state_dict=state["optim"], options=_options(model, strict=False))
     rng_file = os.path.join(directory, f"rng_rank{rank}.pt")
     if os.path.exists(rng_file):  # absent when resuming into more workers than before
         set_rng_state(torch.load(rng_file, weights_only=False))
-    return torch.load(os.path.join(directory, "trainer_state.pt"), weights_only=False)
+    return trainer_state
 
 
 # ---------------------------------------------------------------- export
