@@ -17,7 +17,9 @@ from the same artifacts:
   rl_sft0   RL'': from SFT-0 on the hard queries (no SFT-1)
 Every model answers every eval query once, greedily (the teacher samples: it is scripted).
 Columns: verified rate, rubric, reward and [Unsolved] accuracy, overall and by family, each
-with a 95% bootstrap interval over the eval episodes (all seeds pooled), and per seed.
+with a 95% bootstrap interval over the eval episodes (all seeds pooled), and per seed; and
+for each claim of the recipe (SFT-1 > SFT-0, RL > SFT-1, RL hard vs all, ...) the paired
+difference in verified rate on the same queries with its own interval.
 Re-running resumes: finished stages and ablations are skipped.
 
 Prints ONE JSON line (also written to --out, with the command that produced it) and, with
@@ -139,7 +141,8 @@ def episode_values(run_dir: str, name: str) -> list[dict]:
         q = queries[t["query_id"]]
         messages = json.loads(t["messages"])
         answer = messages[-1]["content"] if messages and messages[-1]["role"] == "assistant" else ""
-        out.append({"family": q["family"], "verified": float(t["verified"]),
+        out.append({"query_id": t["query_id"], "family": q["family"],
+                    "verified": float(t["verified"]),
                     "reward": float(t["reward"]),
                     "rubric": json.loads(t["parts"]).get("rubric"),
                     "unsolved_accuracy": float(UNSOLVED_MARKER in answer)
@@ -162,12 +165,30 @@ def summarise(episodes: list[dict], rng) -> dict:
     return {m: mean_ci([e[m] for e in episodes], rng) for m in METRICS}
 
 
-def table(run_dirs: dict[int, str]) -> dict:
+COMPARISONS = [("sft1", "sft0"), ("rl", "sft1"), ("rl", "rl_all"), ("sft1", "sft1_all"),
+               ("rl", "rl_sft0")]
+
+
+def paired_difference(a: list[dict], b: list[dict], rng) -> dict:
+    """Verified rate of a minus b on the same eval queries (all seeds): mean and a 95%
+    bootstrap interval over queries, which pairs out how hard each query is."""
+    va = {(e["seed"], e["query_id"]): e["verified"] for e in a}
+    vb = {(e["seed"], e["query_id"]): e["verified"] for e in b}
+    d = np.array([va[k] - vb[k] for k in sorted(va.keys() & vb.keys())])
+    means = d[rng.integers(0, len(d), (BOOTSTRAP, len(d)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"diff": round(float(d.mean()), 4), "ci95": [round(float(lo), 4), round(float(hi), 4)],
+            "n": int(len(d)), "significant": bool(lo > 0 or hi < 0)}
+
+
+def table(run_dirs: dict[int, str]) -> tuple[dict, dict]:
     rng = np.random.default_rng(0)
-    rows = {}
+    rows, episodes = {}, {}
     for name in ROWS:
-        per_seed = {seed: episode_values(d, name) for seed, d in run_dirs.items()}
-        pooled = [e for eps in per_seed.values() for e in eps]
+        per_seed = {seed: [dict(e, seed=seed) for e in episode_values(d, name)]
+                    for seed, d in run_dirs.items()}
+        episodes[name] = [e for eps in per_seed.values() for e in eps]
+        pooled = episodes[name]
         families = sorted({e["family"] for e in pooled})
         rows[name] = {
             "overall": summarise(pooled, rng),
@@ -175,7 +196,9 @@ def table(run_dirs: dict[int, str]) -> dict:
                           for f in families},
             "per_seed": {str(s): {m: (mean_ci([e[m] for e in eps], rng) or {}).get("mean")
                                   for m in METRICS} for s, eps in per_seed.items()}}
-    return rows
+    differences = {f"{a} - {b}": paired_difference(episodes[a], episodes[b], rng)
+                   for a, b in COMPARISONS}
+    return rows, differences
 
 
 def targets(rows: dict) -> dict:
@@ -237,14 +260,14 @@ def main() -> None:
                                for s, e in manifest["stages"].items()}
         if exists(cfg.run_dir, "bench/seconds.json"):  # the ablations' training times
             stage_seconds[seed].update(read_json(cfg.run_dir, "bench/seconds.json"))
-    rows = table(run_dirs)
+    rows, differences = table(run_dirs)
     result = {
         "bench": "cascade", "config": args.config, "overrides": args.overrides,
         "seeds": args.seeds,
         "command": "python scripts/bench_cascade.py " + shlex.join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
         "wall_s_this_call": round(time.time() - t0, 1),  # finished work is skipped
-        "targets": targets(rows), "rows": rows,
+        "targets": targets(rows), "paired_differences_verified": differences, "rows": rows,
         "split": {s: read_json(d, "data/split_report.json")["regions"]
                   for s, d in run_dirs.items()},
         "training": training,
@@ -256,7 +279,8 @@ def main() -> None:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
     if args.plot:
-        plot(rows, args.plot, f"{args.config}, seeds {args.seeds}: verified rate, 95% CI")
+        extra = " ".join(o for o in args.overrides if not o.startswith("run_dir="))
+        plot(rows, args.plot, f"{args.config} {extra}\nseeds {args.seeds}: verified rate, 95% CI")
 
 
 if __name__ == "__main__":
