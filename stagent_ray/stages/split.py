@@ -47,14 +47,16 @@ def run_split(cfg, run_dir: str) -> dict:
     certain += [sft_row(r, r["best_messages"], "policy_trivial") for r in kept_trivial]
 
     # All-fail queries: give the teacher K_max more attempts each.
-    recovered = []
+    recovered, recovery_faults = [], {}
     noise = by_region["noise"]
     if noise and cfg.split.k_max > 0:
         pool = {r["query_id"]: r for r in read_table(run_dir, "data/pool.parquet")}
         s = cfg.score
-        rollout_pool(cfg, run_dir, [pool[r["query_id"]] for r in noise], asdict(cfg.teacher),
-                     cfg.split.k_max, "data/parts/recover", s.num_actors, s.cpus_per_actor,
-                     s.batch_size, salt=1, desc="split (teacher recovery)")
+        stats = rollout_pool(cfg, run_dir, [pool[r["query_id"]] for r in noise],
+                             asdict(cfg.teacher), cfg.split.k_max, "data/parts/recover",
+                             s.num_actors, s.cpus_per_actor, s.batch_size, salt=1,
+                             desc="split (teacher recovery)")
+        recovery_faults = stats["faults"]
         rows = consolidate(run_dir, "data/parts/recover", "data/recovered_scored.parquet", None)
         ok = {r["query_id"]: r for r in rows if r["best_verified"]}
         recovered = [sft_row(r, ok[r["query_id"]]["best_messages"], "teacher_recovered")
@@ -77,6 +79,7 @@ def run_split(cfg, run_dir: str) -> dict:
         "trivial_dropped": len(trivial) - len(kept_trivial),
         "noise_recovered_by_teacher": len(recovered),
         "noise_dropped": len(noise) - len(recovered),
+        "recovery_faults": recovery_faults,   # tool faults met by the teacher's attempts
         "rl_prompts": len(hard_rows),
         "pass_count_histogram": [sum(sum(r["verified"]) == k for r in full) for k in range(n + 1)],
         "thresholds": {"certain_threshold": cfg.split.certain_threshold,
