@@ -1,6 +1,6 @@
 """SFT training throughput: our step against a plain transformers loop, in one process.
 
-    python scripts/bench_sft.py                      # GPU: Qwen3-0.6B shape, 8 x 2048, bf16
+    python scripts/bench_sft.py --compile            # GPU: Qwen3-0.6B shape, 8 x 2048, bf16
     python scripts/bench_sft.py --device cpu --tiny  # a small CPU version, to exercise it
 
 Prints ONE JSON line: tokens/s, MFU (GPU) and peak memory of
@@ -8,8 +8,10 @@ Prints ONE JSON line: tokens/s, MFU (GPU) and peak memory of
             random tokens, `model(input_ids, labels=input_ids).loss`;
   ours:     the step train/sft.py runs in each Ray Train worker — fp32 master weights
             sharded with FSDP2 (world of 1 here) under bf16 mixed precision, packed rows
-            (position ids restart per sample: flash-attention varlen if installed, else
-            SDPA with a block mask), the loss on assistant tokens only, clipping, AdamW.
+            (varlen flash attention on GPUs: flash-attn if installed, else torch's kernel,
+            train/attention.py; SDPA with a block mask otherwise), logits and loss on the
+            trained tokens only, clipping, AdamW; `--compile` compiles each decoder layer
+            (sft.compile). MFU counts only the lm_head work done.
 It runs the step directly, without Ray, to measure kernel-level speed; Ray Train adds
 start-up and a report every `log_every` steps, not per-step work. Random weights and data
 (lengths uniform in [seq/8, seq], half of each sample's tokens trained): speed only.
