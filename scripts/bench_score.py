@@ -59,8 +59,7 @@ def main() -> None:
     start = time.perf_counter()
     actor = RolloutActor(config_to_dict(cfg), engine, args.n, work, "parts/inproc")
     for i in range(0, len(rows), args.batch_size):
-        chunk = rows[i:i + args.batch_size]
-        actor({k: [r[k] for r in chunk] for k in chunk[0]})
+        actor.score_batch(rows[i:i + args.batch_size])   # what each Data item runs
     inproc_s = time.perf_counter() - start
 
     init_ray(cfg.ray, include_dashboard=False)
