@@ -43,9 +43,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from stagent_ray.config import load_config  # noqa: E402
 from stagent_ray.models.chat_format import UNSOLVED_MARKER  # noqa: E402
-from stagent_ray.pipeline import run_pipeline  # noqa: E402
+from stagent_ray.pipeline import rl_prompt_config, run_pipeline  # noqa: E402
 from stagent_ray.runio import (exists, read_json, read_table, run_path,  # noqa: E402
                                write_json, write_table)
+from stagent_ray.stages.evaluate import final_answer  # noqa: E402
 
 ROWS = ["teacher", "sft0", "sft1", "sft1_all", "rl", "rl_all", "rl_sft0"]
 METRICS = ["verified", "rubric", "reward", "unsolved_accuracy"]
@@ -75,9 +76,7 @@ def run_ablations(cfg, log) -> None:
     run_dir = cfg.run_dir
     manifest = read_json(run_dir, "manifest.json")
     sft1_steps = manifest["stages"]["sft1"]["metrics"]["steps"]
-    hard_empty = not read_table(run_dir, "data/hard.parquet")
-    # Like the pipeline: with no hard query, RL on hard queries falls back to the pool.
-    hard = replace(cfg, rl=replace(cfg.rl, prompt_set="all" if hard_empty else "hard"))
+    hard, _ = rl_prompt_config(cfg)  # like the pipeline's rl stage
     runs = {
         "sft1_all": lambda: run_sft(cfg, run_dir, "sft1", "data/all_scored.parquet",
                                     run_path(run_dir, "ckpt/sft0"), "ckpt/sft1_all",
@@ -115,7 +114,7 @@ def training_summary(run_dir: str) -> dict:
 
 
 def evaluate_ablations(cfg, log) -> None:
-    from stagent_ray.stages.evaluate import evaluate_model
+    from stagent_ray.stages.evaluate import checkpoint_engine, evaluate_model
 
     run_dir = cfg.run_dir
     eval_rows = read_table(run_dir, "data/eval.parquet")
@@ -123,9 +122,8 @@ def evaluate_ablations(cfg, log) -> None:
         if exists(run_dir, f"eval/{name}_greedy_trajectories.parquet"):
             continue  # the pipeline's eval stage did sft0, sft1, rl
         log(f"[eval {name}] running")
-        engine = {"kind": cfg.policy.kind, "model": run_path(run_dir, f"ckpt/{name}"),
-                  "device": cfg.policy.device, "max_batch_size": cfg.policy.max_batch_size}
-        evaluate_model(cfg, run_dir, name, engine, eval_rows, [("greedy", 0.0, 1)])
+        evaluate_model(cfg, run_dir, name, checkpoint_engine(cfg, run_dir, name), eval_rows,
+                       [("greedy", 0.0, 1)])
 
 
 # ---------------------------------------------------------------- the table
@@ -139,8 +137,7 @@ def episode_values(run_dir: str, name: str) -> list[dict]:
         if t.get("infra_fault"):
             continue  # the tools failed, not the model (none without injected faults)
         q = queries[t["query_id"]]
-        messages = json.loads(t["messages"])
-        answer = messages[-1]["content"] if messages and messages[-1]["role"] == "assistant" else ""
+        answer = final_answer(t["messages"])
         out.append({"query_id": t["query_id"], "family": q["family"],
                     "verified": float(t["verified"]),
                     "reward": float(t["reward"]),

@@ -64,6 +64,22 @@ def base_checkpoint(cfg: Config) -> str:
     return run_path(cfg.run_dir, "ckpt/base")
 
 
+def rl_prompt_config(cfg: Config) -> tuple[Config, bool]:
+    """cfg for RL on the run's hard queries, or on the whole pool when there are none (a
+    weak πθ0 can leave no hard query: train on the pool, and say so); and whether it fell
+    back."""
+    from dataclasses import replace
+
+    from stagent_ray.runio import read_table
+
+    fallback = cfg.rl.prompt_set == "hard" and not read_table(cfg.run_dir, "data/hard.parquet")
+    if fallback:
+        print("[rl] no hard queries in data/hard.parquet; RL runs on the whole pool "
+              "(rl.prompt_set=all)", file=sys.stderr)
+        cfg = replace(cfg, rl=replace(cfg.rl, prompt_set="all"))
+    return cfg, fallback
+
+
 def run_stage(cfg: Config, stage: str) -> dict:
     run_dir = cfg.run_dir
     if stage == "pool":
@@ -87,15 +103,8 @@ def run_stage(cfg: Config, stage: str) -> dict:
         return run_sft(cfg, run_dir, "sft1", "data/certain.parquet",
                        run_path(run_dir, "ckpt/sft0"), "ckpt/sft1")
     if stage == "rl":
-        from dataclasses import replace
-
-        from stagent_ray.runio import read_table
         from stagent_ray.train.rl import run_rl
-        fallback = cfg.rl.prompt_set == "hard" and not read_table(run_dir, "data/hard.parquet")
-        if fallback:  # a weak πθ0 can leave no hard query: train on the pool, and say so
-            print("[rl] no hard queries in data/hard.parquet; RL runs on the whole pool "
-                  "(rl.prompt_set=all)", file=sys.stderr)
-            cfg = replace(cfg, rl=replace(cfg.rl, prompt_set="all"))
+        cfg, fallback = rl_prompt_config(cfg)
         metrics = run_rl(cfg, run_dir, run_path(run_dir, "ckpt/sft1"), "ckpt/rl")
         return {**metrics, "prompt_set": cfg.rl.prompt_set, "hard_set_empty": fallback}
     if stage == "eval":

@@ -48,6 +48,13 @@ def sum_faults(fault_jsons) -> dict:
     return dict(sorted(total.items()))
 
 
+def history_faults(history: list[dict]) -> dict:
+    """Fault totals of an RL run, from the `faults_<kind>` entries of its metric rows."""
+    prefix = "faults_"
+    return sum_faults({k[len(prefix):]: v for k, v in h.items() if k.startswith(prefix)}
+                      for h in history)
+
+
 def summarise_query(query_row: dict, all_trajs: list[dict]) -> dict:
     """The per-query row of a scored pool, from its N scored trajectories. Episodes marked
     `infra_fault` are not the model's doing: they count in `infra_faulted` only."""

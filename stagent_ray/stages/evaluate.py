@@ -19,7 +19,7 @@ from stagent_ray.models.chat_format import UNSOLVED_MARKER
 CHECKPOINTS = ["base", "sft0", "sft1", "rl"]
 
 
-def _answer(messages_json: str) -> str:
+def final_answer(messages_json: str) -> str:
     messages = json.loads(messages_json)
     last = messages[-1] if messages else {}
     return last.get("content", "") if last.get("role") == "assistant" else ""
@@ -39,9 +39,11 @@ def summarise(trajs: list[dict], queries: dict[str, dict]) -> dict:
         "verified_rate": sum(t["verified"] for t in trajs) / n,
         "mean_reward": sum(t["reward"] for t in trajs) / n,
         "rubric": sum(rubric) / len(rubric) if rubric else None,
-        "unsolved_accuracy": (sum(UNSOLVED_MARKER in _answer(t["messages"]) for t in out_of_scope)
+        "unsolved_accuracy": (sum(UNSOLVED_MARKER in final_answer(t["messages"])
+                                  for t in out_of_scope)
                               / len(out_of_scope)) if out_of_scope else None,
-        "false_unsolved_rate": (sum(UNSOLVED_MARKER in _answer(t["messages"]) for t in solvable)
+        "false_unsolved_rate": (sum(UNSOLVED_MARKER in final_answer(t["messages"])
+                                    for t in solvable)
                                 / len(solvable)) if solvable else None,
         "tool_calls_per_episode": sum(t["num_tool_calls"] for t in trajs) / n,
         "tool_errors_per_episode": sum(t["num_tool_errors"] for t in trajs) / n,
@@ -76,8 +78,16 @@ def evaluate_model(cfg, run_dir: str, name: str, engine: dict, eval_rows: list[d
     return result
 
 
+def checkpoint_engine(cfg, run_dir: str, name: str) -> dict:
+    """The rollout engine spec of the checkpoint `ckpt/<name>` (cfg.policy's engine)."""
+    from stagent_ray.runio import run_path
+
+    return {"kind": cfg.policy.kind, "model": run_path(run_dir, f"ckpt/{name}"),
+            "device": cfg.policy.device, "max_batch_size": cfg.policy.max_batch_size}
+
+
 def run_eval(cfg, run_dir: str) -> dict:
-    from stagent_ray.runio import exists, read_table, run_path, write_json
+    from stagent_ray.runio import exists, read_table, write_json
 
     eval_rows = read_table(run_dir, "data/eval.parquet")
     k = cfg.eval.pass_k
@@ -93,8 +103,7 @@ def run_eval(cfg, run_dir: str) -> dict:
             raise ValueError(f"eval.checkpoints: {name!r} is not one of {CHECKPOINTS}")
         if not exists(run_dir, f"ckpt/{name}/config.json"):
             continue
-        engine = {"kind": cfg.policy.kind, "model": run_path(run_dir, f"ckpt/{name}"),
-                  "device": cfg.policy.device, "max_batch_size": cfg.policy.max_batch_size}
+        engine = checkpoint_engine(cfg, run_dir, name)
         result = evaluate_model(cfg, run_dir, name, engine, eval_rows,
                                 [("greedy", 0.0, 1), ("sampled", cfg.eval.temperature, k)])
         write_json(run_dir, f"eval/{name}.json", result)

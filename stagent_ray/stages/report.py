@@ -49,7 +49,7 @@ FAULT_COLUMNS = [("injected_timeout", "injected timeouts"), ("injected_error", "
 
 def stage_faults(run_dir: str, evals: dict, rl_history: list[dict]) -> dict[str, dict]:
     """Fault counts per stage, from the part files, eval results and RL metrics."""
-    from stagent_ray.rollout.ray_data import fault_totals, list_parts, sum_faults
+    from stagent_ray.rollout.ray_data import fault_totals, history_faults, list_parts, sum_faults
 
     out = {}
     for stage, parts in (("tiny_qa", "data/parts/tiny_qa"), ("score", "data/parts/score"),
@@ -59,8 +59,7 @@ def stage_faults(run_dir: str, evals: dict, rl_history: list[dict]) -> dict[str,
             out[stage] = {**totals["faults"],
                           "infra_faulted_episodes": totals["infra_faulted_episodes"]}
     if rl_history:
-        out["rl"] = sum_faults({k[7:]: v for k, v in h.items() if k.startswith("faults_")}
-                               for h in rl_history)
+        out["rl"] = history_faults(rl_history)
     if evals:
         out["eval"] = sum_faults({**e[mode].get("faults", {}), "infra_faulted_episodes":
                                   e[mode].get("infra_faulted_episodes", 0)}

@@ -469,7 +469,7 @@ def run_rl(cfg, run_dir: str, init_checkpoint: str, out_relative: str, *,
     import ray
 
     from stagent_ray.config import config_to_dict
-    from stagent_ray.rollout.ray_data import sum_faults
+    from stagent_ray.rollout.ray_data import history_faults
     from stagent_ray.runio import read_table, run_path
 
     if prompts is None and cfg.rl.prompt_set == "all":
@@ -509,8 +509,7 @@ def run_rl(cfg, run_dir: str, init_checkpoint: str, out_relative: str, *,
             "reward_first_quarter": float(np.mean([h["reward_mean"] for h in first])),
             "reward_last_quarter": float(np.mean([h["reward_mean"] for h in last])),
             "logprob_gap_max": max(h["logprob_gap_max"] for h in history),
-            "faults": sum_faults({k[7:]: v for k, v in h.items() if k.startswith("faults_")}
-                                 for h in history),
+            "faults": history_faults(history),
             "time_split_s": {k: float(np.mean([h[f"time_{k}_s"] for h in history]))
                              for k in ("rollout", "scoring", "update", "sync", "step")}}
 
