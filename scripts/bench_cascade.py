@@ -38,6 +38,7 @@ import time
 from dataclasses import asdict, replace
 
 import numpy as np
+import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -264,7 +265,8 @@ def main() -> None:
         "bench": "cascade", "config": args.config, "overrides": args.overrides,
         "seeds": args.seeds,
         "command": "python scripts/bench_cascade.py " + shlex.join(sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"
+                   + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
         "wall_s_this_call": round(time.time() - t0, 1),  # finished work is skipped
         "targets": targets(rows), "paired_differences_verified": differences, "rows": rows,
         "split": {s: read_json(d, "data/split_report.json")["regions"]

@@ -69,6 +69,8 @@ class EngineConfig:
     kind: str = "hf"                 # hf | vllm | openai | oracle
     model: str | None = None         # checkpoint path; None = the stage's own checkpoint
     device: str = "auto"             # auto | cpu | cuda
+    dtype: str = "float32"           # hf engine weights and KV cache: float32 | bfloat16
+    compile: bool | None = None      # hf engine: CUDA-graph decode (None: on for CUDA)
     max_batch_size: int = 16
     base_url: str | None = None      # openai engine
     api_key_env: str = "OPENAI_API_KEY"
@@ -132,6 +134,7 @@ class ScoreConfig:
     temperature: float = 1.0
     num_actors: int = 2
     cpus_per_actor: float = 0.5
+    gpus_per_actor: float = 0.0      # reserved for each policy-engine actor (score, eval)
     batch_size: int = 4
     engine: str = "actor"            # actor: engine inside each Data actor | serve: Policy deployment
 
@@ -281,6 +284,7 @@ _CHOICES = {
     "model.dtype": {"float32", "bfloat16", "float16"},
     "teacher.kind": {"hf", "vllm", "openai", "oracle"},
     "policy.kind": {"hf", "vllm", "openai", "oracle"},
+    "policy.dtype": {"float32", "bfloat16", "float16"},
     "score.engine": {"actor", "serve"},
     "agent.tool_prompt": {"full", "compact", "none"},
     "rl.loss_agg": {"token-mean", "seq-mean-token-mean", "seq-mean-token-sum"},

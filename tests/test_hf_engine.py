@@ -206,3 +206,24 @@ def test_compiled_cuda_path_matches_reference(tok, model):
         for prompt, out in zip(prompts, outs):
             expected = recomputed_logprobs(model, prompt, out.token_ids, 0.9)
             assert torch.allclose(torch.tensor(out.logprobs), expected, atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_eager_cuda_bf16_path_matches_recompute(tok, model):
+    """The eager decode on CUDA in bf16 (what rollouts use when policy.compile is off): its
+    attention window is a slice of the mask, which must stay aligned for the CUDA kernels."""
+    gpu_model = copy.deepcopy(model).to("cuda", torch.bfloat16)
+    engine = HFEngine(gpu_model, tok, device="cuda", max_batch_size=3, compile=False)
+    prompts = random_prompts(tok, 12, seed=11)  # odd lengths, refills, window offsets
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=24, seed=5,
+                              stop_token_ids=list(range(0, len(tok), 16)))
+    outs = engine.generate(prompts, sampling)
+    assert engine.last_stats["prefills"] > 1
+    for prompt, out in zip(prompts, outs):
+        with torch.no_grad():
+            logits = gpu_model(torch.tensor([prompt + out.token_ids], device="cuda")).logits[0]
+        logits = logits[len(prompt) - 1:-1].float()
+        expected = torch.log_softmax(logits, -1).gather(
+            -1, torch.tensor(out.token_ids, device="cuda")[:, None])[:, 0].cpu()
+        assert torch.allclose(torch.tensor(out.logprobs), expected, atol=0.1, rtol=0.05)  # bf16 kernels

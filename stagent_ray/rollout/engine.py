@@ -45,10 +45,11 @@ class TokenEngine:
 
 
 def make_token_engine(kind: str, model_path: str, device: str = "auto", dtype: str = "float32",
-                      max_batch_size: int = 16) -> TokenEngine:
+                      max_batch_size: int = 16, compile: bool | None = None) -> TokenEngine:
     if kind == "hf":
         from stagent_ray.rollout.hf_engine import HFEngine
-        return HFEngine(model_path, device=device, dtype=dtype, max_batch_size=max_batch_size)
+        return HFEngine(model_path, device=device, dtype=dtype, max_batch_size=max_batch_size,
+                        compile=compile)
     if kind == "vllm":
         from stagent_ray.rollout.vllm_engine import VLLMEngine
         return VLLMEngine(model_path, dtype=dtype, max_batch_size=max_batch_size)

@@ -34,6 +34,9 @@ from stagent_ray.models.build import DTYPES
 from stagent_ray.rollout.engine import Generation, SamplingParams, TokenEngine
 
 
+WINDOW_ALIGN = 16  # columns: the eager decode window starts and ends on multiples of this
+
+
 class SlotKVCache:
     """Preallocated keys/values, one [slots, kv_heads, capacity, head_dim] tensor per layer.
 
@@ -195,8 +198,8 @@ class HFEngine(TokenEngine):
         capacity = longest + max_new + (max_new if n > slots else 0)
         cache = self._cache
         if cache is None or cache.slots != slots or cache.capacity < capacity:
-            if self.compile:  # round up so a compiled graph serves many calls
-                capacity = -(-capacity // 512) * 512
+            step = 512 if self.compile else WINDOW_ALIGN  # compiled: one graph, many calls
+            capacity = -(-capacity // step) * step
             cache = self._cache = SlotKVCache(slots, capacity, self.dtype, dev)
         cache.mask.fill_(min_value)
         cache.prefill_rows = None  # in case an earlier call was interrupted mid-prefill
@@ -296,8 +299,10 @@ class HFEngine(TokenEngine):
                 compactions += 1
             cache.mask[:, 0, 0, col] = 0.0  # every row's newest token goes to column col
             cache.write_col.fill_(col)
-            if not self.compile:  # CPU: attend over the live columns only
-                cache.window = (min(start[r] for r in live), col + 1)
+            if not self.compile:  # attend over the live columns only, in whole tiles: CUDA's
+                # attention kernels fault on a mask slice whose offset is not 16-aligned
+                lo = min(start[r] for r in live) // WINDOW_ALIGN * WINDOW_ALIGN
+                cache.window = (lo, min(cache.capacity, -(-(col + 1) // WINDOW_ALIGN) * WINDOW_ALIGN))
             lo, hi = cache.window
             if self.compile:  # we are done with the previous replay's outputs
                 torch.compiler.cudagraph_mark_step_begin()

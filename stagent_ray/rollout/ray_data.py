@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -28,6 +29,8 @@ from collections import Counter
 import numpy as np
 
 from stagent_ray.runio import filesystem, read_table, row_to_query, run_path, write_table
+
+logger = logging.getLogger(__name__)
 
 
 def episode_seed(query_id: str, index: int, salt: int = 0) -> int:
@@ -87,7 +90,7 @@ def summarise_query(query_row: dict, all_trajs: list[dict]) -> dict:
 class RolloutActor:
     """One Ray Data actor: an engine, a tool executor and the scorer, built once.
 
-    `engine`: {"kind": "hf"|"vllm", "model": path} (in-actor token engine),
+    `engine`: {"kind": "hf"|"vllm", "model": path, ...} (in-actor token engine, `policy_engine`),
     {"kind": "serve", "app": name} (the Policy deployment), or an EngineConfig dict with
     kind "oracle"/"openai" (message engine).
     """
@@ -109,8 +112,10 @@ class RolloutActor:
         kind = engine["kind"]
         if kind in ("hf", "vllm"):
             from stagent_ray.rollout.engine import make_token_engine
-            self.token_engine = make_token_engine(kind, engine["model"], device=engine.get(
-                "device", "cpu"), max_batch_size=engine.get("max_batch_size", 16))
+            self.token_engine = make_token_engine(
+                kind, engine["model"], device=engine.get("device", "cpu"),
+                dtype=engine.get("dtype", "float32"), max_batch_size=engine.get("max_batch_size", 16),
+                compile=engine.get("compile"))
         elif kind == "serve":
             from ray import serve
             from transformers import AutoTokenizer
@@ -265,6 +270,26 @@ def fault_totals(run_dir: str, parts_dir: str) -> dict:
     return {"faults": sum_faults(faults), "infra_faulted_episodes": faulted}
 
 
+def warn_if_unschedulable(cpus: float, gpus: float) -> None:
+    """Ray Data waits silently for an actor the cluster cannot hold yet (an autoscaler may
+    add it): say which setting asks for more than the cluster has now."""
+    import ray
+
+    have = ray.cluster_resources()
+    for need, key, field in ((cpus, "CPU", "score.cpus_per_actor"),
+                             (gpus, "GPU", "score.gpus_per_actor")):
+        if need > have.get(key, 0):
+            logger.warning("rollout actors wait for resources: %s=%g but the cluster has %g %s "
+                           "now (waiting for an autoscaler?)", field, need, have.get(key, 0), key)
+
+
+def policy_engine(cfg, model_path: str) -> dict:
+    """The in-actor engine spec for a policy checkpoint, from `cfg.policy`."""
+    p = cfg.policy
+    return {"kind": p.kind, "model": model_path, "device": p.device, "dtype": p.dtype,
+            "compile": p.compile, "max_batch_size": p.max_batch_size}
+
+
 def rollout_pool(cfg, run_dir: str, query_rows: list[dict], engine: dict, n: int,
                  parts_dir: str, num_actors: int, cpus_per_actor: float, batch_size: int,
                  salt: int = 0, temperature: float | None = None, desc: str = "rollouts") -> dict:
@@ -275,6 +300,8 @@ def rollout_pool(cfg, run_dir: str, query_rows: list[dict], engine: dict, n: int
 
     from stagent_ray.config import config_to_dict
 
+    # a policy engine may hold a GPU (score.gpus_per_actor); teachers never do here
+    num_gpus = cfg.score.gpus_per_actor if engine["kind"] in ("hf", "vllm") else 0
     done = done_query_ids(run_dir, parts_dir)
     batches = [[r for r in query_rows[i:i + batch_size] if r["query_id"] not in done]
                for i in range(0, len(query_rows), batch_size)]
@@ -283,6 +310,7 @@ def rollout_pool(cfg, run_dir: str, query_rows: list[dict], engine: dict, n: int
     start = time.perf_counter()
     n_traj = 0
     if todo:
+        warn_if_unschedulable(cpus_per_actor, num_gpus)
         # One item (and block) per batch: Ray Data cannot regroup the queries.
         ds = ray.data.from_items([{"rows": b} for b in todo], override_num_blocks=len(todo))
         ds = ds.map_batches(
@@ -290,7 +318,8 @@ def rollout_pool(cfg, run_dir: str, query_rows: list[dict], engine: dict, n: int
             fn_constructor_kwargs={"cfg_dict": config_to_dict(cfg), "engine": engine, "n": n,
                                    "run_dir": run_dir, "parts_dir": parts_dir, "salt": salt,
                                    "temperature": temperature},
-            compute=ray.data.ActorPoolStrategy(size=num_actors), num_cpus=cpus_per_actor)
+            compute=ray.data.ActorPoolStrategy(size=num_actors), num_cpus=cpus_per_actor,
+            num_gpus=num_gpus)
         with tqdm(total=len(query_rows), initial=len(query_rows) - n_todo, desc=desc,
                   unit="query") as bar:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

@@ -145,7 +145,7 @@ def deploy_policy(model_path: str, engine_cfg, serve_cfg, name: str = "policy",
         ray_actor_options={"num_cpus": serve_cfg.cpus_per_replica,
                            "num_gpus": serve_cfg.gpus_per_replica},
     ).bind(model_path, engine_cfg.kind, "cpu" if serve_cfg.gpus_per_replica == 0 else "cuda",
-           "float32", serve_cfg.max_batch_size, serve_cfg.batch_wait_timeout_s, version)
+           engine_cfg.dtype, serve_cfg.max_batch_size, serve_cfg.batch_wait_timeout_s, version)
     if not ingress:
         serve.run(policy, name=name, route_prefix=None)
         return serve.get_deployment_handle("Policy", app_name=name)

@@ -80,10 +80,10 @@ def evaluate_model(cfg, run_dir: str, name: str, engine: dict, eval_rows: list[d
 
 def checkpoint_engine(cfg, run_dir: str, name: str) -> dict:
     """The rollout engine spec of the checkpoint `ckpt/<name>` (cfg.policy's engine)."""
+    from stagent_ray.rollout.ray_data import policy_engine
     from stagent_ray.runio import run_path
 
-    return {"kind": cfg.policy.kind, "model": run_path(run_dir, f"ckpt/{name}"),
-            "device": cfg.policy.device, "max_batch_size": cfg.policy.max_batch_size}
+    return policy_engine(cfg, run_path(run_dir, f"ckpt/{name}"))
 
 
 def run_eval(cfg, run_dir: str) -> dict:

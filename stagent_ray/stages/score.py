@@ -16,13 +16,12 @@ from __future__ import annotations
 
 
 def run_score(cfg, run_dir: str, checkpoint: str) -> dict:
-    from stagent_ray.rollout.ray_data import consolidate, rollout_pool
+    from stagent_ray.rollout.ray_data import consolidate, policy_engine, rollout_pool
     from stagent_ray.runio import read_table
 
     pool = read_table(run_dir, "data/pool.parquet")
     s = cfg.score
-    engine = {"kind": cfg.policy.kind, "model": checkpoint, "device": cfg.policy.device,
-              "max_batch_size": cfg.policy.max_batch_size}
+    engine = policy_engine(cfg, checkpoint)
     if s.engine == "serve":
         from ray import serve
 

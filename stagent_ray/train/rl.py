@@ -165,8 +165,8 @@ def rl_loop(config: dict) -> None:
         engine = ServePolicyEngine(policy_handle, load_tokenizer(local_model_dir(init)))
     else:
         from stagent_ray.rollout.hf_engine import HFEngine
-        engine = HFEngine(local_model_dir(init), device=str(device),
-                          max_batch_size=cfg.policy.max_batch_size)
+        engine = HFEngine(local_model_dir(init), device=str(device), dtype=cfg.policy.dtype,
+                          max_batch_size=cfg.policy.max_batch_size, compile=cfg.policy.compile)
     engine = with_faults(engine, cfg.faults)  # garbage generations, when injected
     tokenizer = engine.tokenizer
 

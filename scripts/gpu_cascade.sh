@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The cascade benchmark on the GPU device machine (one seed of configs/cascade_gpu.yaml).
+# That machine has torch and transformers but no Ray: carry it (`bash
+# ../shared/tools/device_ray_bundle.sh` builds .device/; the device call carries ".device").
+# Writes to $OUT: cascade_gpu.json (the table), the log, and the run's small artifacts
+# (metrics, eval tables, manifest, split report; no checkpoints), also when it times out.
+#   OUT=gpu_out BUDGET_S=520 bash scripts/gpu_cascade.sh
+set -u
+OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
+bash .device/install.sh || exit 1
+export PYTHONPATH=/tmp/site:$PWD RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+extra=()
+if ! timeout 90 python -m pytest -q -p no:cacheprovider tests/test_hf_engine.py -k cuda > "$OUT/gpu_tests.txt" 2>&1; then
+  tail -30 "$OUT/gpu_tests.txt"; extra=(policy.compile=true)  # the eager CUDA decode failed
+fi
+tail -1 "$OUT/gpu_tests.txt"
+start=$(date +%s)
+timeout "${BUDGET_S:-520}" python scripts/bench_cascade.py --config configs/cascade_gpu.yaml \
+  --seeds 0 --out "$OUT/cascade_gpu.json" "${extra[@]}" "$@" > "$OUT/bench_stdout.txt" 2> "$OUT/bench.log"
+echo "bench rc=$? after $(( $(date +%s) - start )) s"
+tail -25 "$OUT/bench.log"
+run=runs/cascade_gpu/seed0
+tar czf "$OUT/run_small.tgz" --exclude='*/parts/*' $run/manifest.json $run/logs $run/bench \
+  $run/data/split_report.json $run/eval $(ls $run/train/*.jsonl 2>/dev/null) 2>/dev/null
+ls -la "$OUT"
