@@ -3,6 +3,8 @@
     python scripts/bench_generate.py              # tiny model, CPU, batch 8, 128 new tokens
     python scripts/bench_generate.py --model qwen3-0.6b-shape --device cuda --batch 64 \
         --new-tokens 256 --prompt-len 512
+    python scripts/bench_generate.py --model cascade-gpu --device cuda --batch 256 \
+        --new-tokens 160 --prompt-len 2048 --mode static --compile off   # the GPU cascade's rollouts
 
 Two modes, same prompts and sampling (temperature 1, no top-k/top-p) for both engines:
 - static: one batch of `--batch` prompts, no stop ids, exactly `--new-tokens` each (raw speed).
@@ -22,7 +24,7 @@ import time
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from stagent_ray.config import ModelConfig
+from stagent_ray.config import ModelConfig, load_config
 from stagent_ray.models.build import tiny_model_config
 from stagent_ray.rollout.engine import SamplingParams
 from stagent_ray.rollout.hf_engine import HFEngine
@@ -30,9 +32,12 @@ from stagent_ray.rollout.hf_engine import HFEngine
 
 def build_model(name: str, device: str):
     torch.manual_seed(0)
-    if name == "tiny":
-        config = tiny_model_config(ModelConfig(), vocab_size=4096, eos_id=1, pad_id=0)
-        dtype = torch.float32
+    if name in ("tiny", "cascade-gpu"):
+        shape = ModelConfig()
+        if name == "cascade-gpu":  # the 53M model of configs/cascade_gpu.yaml, bf16 on GPUs
+            shape = load_config("configs/cascade_gpu.yaml").model
+        config = tiny_model_config(shape, vocab_size=4096, eos_id=1, pad_id=0)
+        dtype = torch.bfloat16 if name == "cascade-gpu" and device == "cuda" else torch.float32
     else:  # the Qwen3-0.6B shape (508 M parameters with tied embeddings)
         config = Qwen3Config(vocab_size=151936, hidden_size=1024, intermediate_size=3072,
                              num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
@@ -109,7 +114,10 @@ def compare(model, engine, prompts, batch, new_tokens, stop_ids, device, repeats
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["tiny", "qwen3-0.6b-shape"], default="tiny")
+    parser.add_argument("--model", choices=["tiny", "qwen3-0.6b-shape", "cascade-gpu"],
+                        default="tiny")
+    parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                        help="the engine's CUDA-graph decode (auto: on for CUDA)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompt-len", type=int, default=48, help="prompts get 1/2x..1x this")
@@ -127,7 +135,8 @@ def main():
 
     model = build_model(args.model, device)
     vocab = model.config.vocab_size
-    engine = HFEngine(model, device=device, max_batch_size=args.batch)
+    engine = HFEngine(model, device=device, max_batch_size=args.batch,
+                      compile={"auto": None, "on": True, "off": False}[args.compile])
     g = torch.Generator().manual_seed(0)
 
     def make_prompts(k):

@@ -14,3 +14,7 @@ timeout 240 $BENCH --compile | tee -a "$OUT/bench_sft.jsonl"
 timeout 120 $BENCH --skip-baseline | tee -a "$OUT/bench_sft.jsonl"                   # no compile
 timeout 180 $BENCH --skip-baseline --compile --attention sdpa | tee -a "$OUT/bench_sft.jsonl"
 timeout 180 $BENCH --skip-baseline --compile --batch 16 | tee -a "$OUT/bench_sft.jsonl"
+# decode speed of the GPU cascade's 53M model at its rollout shape: eager vs CUDA graphs
+GEN="python scripts/bench_generate.py --model cascade-gpu --device cuda --batch 256 --new-tokens 160 --prompt-len 2048 --mode static --repeats 1"
+timeout 120 $GEN --compile off | tee -a "$OUT/generate_gpu.jsonl"
+timeout 180 $GEN --compile on | tee -a "$OUT/generate_gpu.jsonl"

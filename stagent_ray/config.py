@@ -395,6 +395,8 @@ def validate(cfg: Config) -> Config:
         value = getattr(getattr(cfg, section), name)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"{dotted}: {value} is outside [0, 1]")
+    if cfg.score.gpus_per_actor < 0:
+        raise ConfigError(f"score.gpus_per_actor: {cfg.score.gpus_per_actor} must be >= 0")
     _validate_faults(cfg.faults)
     if cfg.world.backend == "mcp" and not cfg.world.mcp_servers:
         raise ConfigError("world.mcp_servers: backend 'mcp' needs at least one server spec")

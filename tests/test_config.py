@@ -33,6 +33,9 @@ def test_overrides_are_typed_and_nested():
     (["noequals"], "key=value"),
     (["pool.families=[unsolvable,teleport]"], "pool.families"),
     (["agent.tool_prompt=tiny"], "agent.tool_prompt"),
+    (["policy.dtype=int8"], "policy.dtype"),
+    (["policy.compile=maybe"], "policy.compile"),
+    (["score.gpus_per_actor=-1"], "score.gpus_per_actor"),
 ])
 def test_bad_config_names_the_key(override, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):

@@ -85,3 +85,19 @@ def test_score_resumes_after_driver_kill(ray_session, tmp_path, tiny_checkpoint)
         assert r["learnability"] == pytest.approx((c / 8) * (1 - c / 8))
         assert r["tokens"] == sum(t["num_generated_tokens"] for t in ts)
         assert len(ts[0]["token_ids"]) == len(ts[0]["logprobs"]) == len(ts[0]["loss_mask"])
+
+
+def test_actors_asking_more_than_the_cluster_has_are_named(ray_session, caplog):
+    """Ray Data would wait silently for such an actor; the warning names the setting."""
+    import ray
+
+    from stagent_ray.rollout.ray_data import warn_if_unschedulable
+
+    have = ray.cluster_resources()
+    with caplog.at_level("WARNING"):
+        warn_if_unschedulable(have.get("CPU", 0) + 1, have.get("GPU", 0) + 1)
+    assert "score.cpus_per_actor" in caplog.text and "score.gpus_per_actor" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        warn_if_unschedulable(0.5, 0)
+    assert caplog.text == ""
