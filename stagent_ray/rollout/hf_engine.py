@@ -302,7 +302,8 @@ class HFEngine(TokenEngine):
             if not self.compile:  # attend over the live columns only, in whole tiles: CUDA's
                 # attention kernels fault on a mask slice whose offset is not 16-aligned
                 lo = min(start[r] for r in live) // WINDOW_ALIGN * WINDOW_ALIGN
-                cache.window = (lo, min(cache.capacity, -(-(col + 1) // WINDOW_ALIGN) * WINDOW_ALIGN))
+                hi = -(-(col + 1) // WINDOW_ALIGN) * WINDOW_ALIGN
+                cache.window = (lo, min(cache.capacity, hi))
             lo, hi = cache.window
             if self.compile:  # we are done with the previous replay's outputs
                 torch.compiler.cudagraph_mark_step_begin()

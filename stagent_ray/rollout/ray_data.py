@@ -114,8 +114,8 @@ class RolloutActor:
             from stagent_ray.rollout.engine import make_token_engine
             self.token_engine = make_token_engine(
                 kind, engine["model"], device=engine.get("device", "cpu"),
-                dtype=engine.get("dtype", "float32"), max_batch_size=engine.get("max_batch_size", 16),
-                compile=engine.get("compile"))
+                dtype=engine.get("dtype", "float32"),
+                max_batch_size=engine.get("max_batch_size", 16), compile=engine.get("compile"))
         elif kind == "serve":
             from ray import serve
             from transformers import AutoTokenizer
