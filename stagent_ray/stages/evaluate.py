@@ -60,11 +60,8 @@ def evaluate_model(cfg, run_dir: str, name: str, engine: dict, eval_rows: list[d
     result = {"model": name}
     for mode, temperature, n in temperature_runs:
         parts = f"eval/parts/{name}_{mode}"
-        # as many episodes per actor batch as scoring has (fewer rounds of the slowest turn),
-        # but enough batches to keep every actor busy
-        batch = max(1, min(s.batch_size * s.n_rollouts // n, -(-len(eval_rows) // s.num_actors)))
         stats = rollout_pool(cfg, run_dir, eval_rows, engine, n, parts, s.num_actors,
-                             s.cpus_per_actor, batch, salt=7, temperature=temperature,
+                             s.cpus_per_actor, s.batch_size, salt=7, temperature=temperature,
                              desc=f"eval {name} {mode}")
         rows = consolidate(run_dir, parts, f"eval/{name}_{mode}_queries.parquet",
                            f"eval/{name}_{mode}_trajectories.parquet")
