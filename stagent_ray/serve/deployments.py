@@ -25,11 +25,12 @@ from stagent_ray.rollout.message_engines import MessageEngine
 class Policy:
     def __init__(self, model_path: str, kind: str = "hf", device: str = "cpu",
                  dtype: str = "float32", max_batch_size: int = 16,
-                 batch_wait_timeout_s: float = 0.01, version: int = 0):
+                 batch_wait_timeout_s: float = 0.01, version: int = 0,
+                 compile: bool | None = None):
         import torch
 
         torch.set_num_threads(1)  # CPU replicas: a second thread does not help HF decode
-        self.engine = make_token_engine(kind, model_path, device, dtype, max_batch_size)
+        self.engine = make_token_engine(kind, model_path, device, dtype, max_batch_size, compile)
         self._path, self._version = model_path, version
         self._swap = asyncio.Lock()
         self.generate_one.set_max_batch_size(max_batch_size)
@@ -145,7 +146,8 @@ def deploy_policy(model_path: str, engine_cfg, serve_cfg, name: str = "policy",
         ray_actor_options={"num_cpus": serve_cfg.cpus_per_replica,
                            "num_gpus": serve_cfg.gpus_per_replica},
     ).bind(model_path, engine_cfg.kind, "cpu" if serve_cfg.gpus_per_replica == 0 else "cuda",
-           engine_cfg.dtype, serve_cfg.max_batch_size, serve_cfg.batch_wait_timeout_s, version)
+           engine_cfg.dtype, serve_cfg.max_batch_size, serve_cfg.batch_wait_timeout_s, version,
+           engine_cfg.compile)
     if not ingress:
         serve.run(policy, name=name, route_prefix=None)
         return serve.get_deployment_handle("Policy", app_name=name)
