@@ -10,7 +10,7 @@ from stagent_ray.config import ModelConfig
 from stagent_ray.models.build import build_tiny_model, save_checkpoint
 from stagent_ray.models.tokenizer import SYNTAX_LINES, train_tokenizer
 from stagent_ray.rollout.engine import SamplingParams
-from stagent_ray.rollout.hf_engine import HFEngine, sample_tokens
+from stagent_ray.rollout.hf_engine import HFEngine, row_uniforms, sample_tokens
 
 SMALL = ModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2,
                     num_kv_heads=1)
@@ -148,12 +148,16 @@ def test_top_k_1_and_tiny_top_p_equal_greedy(tok, model):
 
 def test_sampler_draws_from_the_truncated_distribution():
     logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0]]).repeat(40000, 1)
-    g = torch.Generator().manual_seed(0)
+    uniforms = row_uniforms(torch.arange(40000) * 7919 + 3, torch.full((40000,), 5))
+    assert 0 < uniforms.min() and uniforms.max() < 1
+    # uniform enough: each tenth of (0, 1) gets its share
+    assert torch.allclose(torch.histc(uniforms, 10, 0, 1) / 40000, torch.full((10,), 0.1),
+                          atol=0.01)
     cases = [(SamplingParams(temperature=0.7), None),
              (SamplingParams(temperature=1.0, top_k=2), 2),
              (SamplingParams(temperature=1.0, top_p=0.8), 3)]  # top 3 hold 0.56, 0.21, 0.13
     for sampling, kept in cases:
-        tokens, logprobs = sample_tokens(logits, sampling, g)
+        tokens, logprobs = sample_tokens(logits, sampling, uniforms)
         full = torch.log_softmax(logits[0] / sampling.temperature, -1)
         assert torch.allclose(logprobs, full[tokens])  # scored before truncation
         target = full.exp()
@@ -162,6 +166,64 @@ def test_sampler_draws_from_the_truncated_distribution():
             target /= target.sum()
         freq = torch.bincount(tokens, minlength=5) / len(tokens)
         assert torch.allclose(freq, target, atol=0.01), (sampling, freq, target)
+
+
+def test_a_row_samples_the_same_whatever_it_is_batched_with(tok, model):
+    """Each prompt's draws depend on its own seed only: not on batch size, refill order, or
+    the other prompts of the call (what lets an episode replay the same in any batch)."""
+    prompts = random_prompts(tok, 7, seed=8)
+    seeds = [11, 12, 13, 14, 15, 16, 17]
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=12,
+                              stop_token_ids=list(range(0, len(tok), 16)))
+    alone = [HFEngine(model, tok, device="cpu", max_batch_size=1).generate([p], sampling, [s])[0]
+             for p, s in zip(prompts, seeds)]
+    together = HFEngine(model, tok, device="cpu", max_batch_size=3).generate(prompts, sampling,
+                                                                             seeds)
+    reordered = HFEngine(model, tok, device="cpu", max_batch_size=4).generate(
+        prompts[::-1], sampling, seeds[::-1])[::-1]
+    for a, b, c in zip(alone, together, reordered):
+        assert a.token_ids == b.token_ids == c.token_ids
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)
+    other = HFEngine(model, tok, device="cpu", max_batch_size=3).generate(
+        prompts, sampling, [s + 100 for s in seeds])
+    assert [o.token_ids for o in other] != [o.token_ids for o in together]
+
+
+def test_stream_takes_requests_as_they_come(tok, model):
+    """HFEngine.stream: requests sent at different times, from concurrent coroutines, join
+    the running batch; each gets what a plain generate call gives it."""
+    import asyncio
+
+    prompts = random_prompts(tok, 9, seed=9)
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=10,
+                              stop_token_ids=list(range(0, len(tok), 16)))
+    engine = HFEngine(model, tok, device="cpu", max_batch_size=3)
+    expected = engine.generate(prompts, sampling, list(range(9)))
+
+    async def main(reproducible, delay):
+        async with engine.stream(sampling, 30, 9, reproducible) as stream:
+            async def one(i):
+                await asyncio.sleep(delay(i))  # arrive while others decode
+                out = await stream.generate(prompts[i], i, i)
+                stream.finish(i)
+                return out
+            outs = await asyncio.gather(*[one(i) for i in range(9)])
+            with pytest.raises(ValueError):
+                await stream.generate(list(range(31)), 0, 0)
+            return outs
+
+    runs = {}
+    for reproducible in (False, True):
+        for name, delay in (("early", lambda i: 0.01 * (i % 4)),
+                            ("late", lambda i: 0.03 - 0.01 * (i % 4))):
+            runs[reproducible, name] = outs = asyncio.run(main(reproducible, delay))
+            assert engine.last_stats["prefills"] > 1
+            for a, b in zip(outs, expected):
+                assert a.token_ids == b.token_ids
+                assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs),
+                                      atol=1e-4)
+    # reproducible: other arrival times, the same batches, the same floats to the last bit
+    assert runs[True, "early"] == runs[True, "late"]
 
 
 def test_load_weights_from_checkpoint_and_state_dict(tmp_path, tok, model):

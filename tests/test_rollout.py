@@ -52,3 +52,21 @@ def test_agent_loop_survives_garbage_and_records_aligned_logprobs(tiny_checkpoin
         assert torch.allclose(recomputed[mask], rollout[mask], atol=1e-3), \
             (recomputed[mask] - rollout[mask]).abs().max()
         assert torch.all(rollout[~mask] == 0)
+
+
+def test_an_episode_replays_the_same_in_any_batch(tiny_checkpoint):
+    """Episodes run on their own over one engine stream; with its seed, an episode's trajectory
+    does not depend on the other episodes or on the batch size."""
+    agent = AgentConfig(max_turns=3, max_tokens=900, tool_prompt="compact")
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=40)
+    seeds = [101, 102, 103, 104]
+    executor = make_executor()
+    together = run_episodes(HFEngine(tiny_checkpoint, device="cpu", max_batch_size=3), executor,
+                            QUERIES, sampling, agent, seeds=seeds)
+    engine = HFEngine(tiny_checkpoint, device="cpu", max_batch_size=2)
+    for i in (3, 0):
+        alone, = run_episodes(engine, executor, QUERIES[i:i + 1], sampling, agent,
+                              seeds=seeds[i:i + 1])
+        assert alone.token_ids == together[i].token_ids
+        assert alone.messages == together[i].messages
+    assert sum(t.num_turns for t in together) > len(together)  # multi-turn episodes were run

@@ -1,7 +1,10 @@
 """The multi-turn agent loop: generate, parse, call tools, append, repeat.
 
-All episodes of a batch advance turn by turn together: one batched `generate` call for every
-episode still running, then every tool call of that turn runs concurrently. Token engines
+With a token engine every episode runs on its own: it sends a turn to the engine's stream,
+runs that turn's tool calls, and sends the next, while the engine batches whatever turns are
+waiting (HFEngine adds each to its running batch as a row frees up). No episode waits for
+the slowest turn of the others. Each episode has a seed, and each of its turns a seed derived
+from it, so an episode samples the same whatever it is batched with. Token engines
 are token-in/token-out: the ids the engine sampled (and their log-probs) go into the
 trajectory as they are, tool responses are appended as ids, nothing is re-tokenised. The
 trajectory's `token_ids`, `logprobs` and `loss_mask` are what the trainers consume.
@@ -25,7 +28,7 @@ from stagent_ray.config import AgentConfig
 from stagent_ray.models.chat_format import (DEFAULT_SYSTEM_PROMPT, IM_END, TOOL_CALL_CLOSE,
                                             ParsedTurn, format_tool_response, prompt_tools, parse_assistant_turn,
                                             render_ids, tool_response_ids)
-from stagent_ray.rollout.engine import SamplingParams, TokenEngine
+from stagent_ray.rollout.engine import SamplingParams, TokenEngine, derive_seed, prompt_seeds
 
 
 @dataclass
@@ -74,13 +77,6 @@ async def _run_calls(executor, calls, t: Trajectory) -> list:
     return await executor.acall_many([(c.name, c.arguments) for c in calls], key, t.faults)
 
 
-def count_garbage(engine, trajs: list[Trajectory]) -> None:
-    """Count the generations a fault-injecting engine replaced in its last call."""
-    for t, hit in zip(trajs, getattr(engine, "last_garbage", [])):
-        if hit:
-            t.faults["injected_garbage"] += 1
-
-
 async def observe_turns(executor, pending: list[tuple[Trajectory, ParsedTurn]]) -> list[list[str]]:
     """Run every tool call of this turn concurrently; append the tool messages.
 
@@ -102,14 +98,17 @@ async def observe_turns(executor, pending: list[tuple[Trajectory, ParsedTurn]]) 
 
 
 def run_episodes(engine: TokenEngine, executor, queries: list[tuple[str, str]],
-                 sampling: SamplingParams, agent: AgentConfig,
-                 fault_key: str = "") -> list[Trajectory]:
-    """Roll out one episode per `(query_id, query_text)` with a token engine."""
-    return asyncio.run(run_episodes_async(engine, executor, queries, sampling, agent, fault_key))
+                 sampling: SamplingParams, agent: AgentConfig, fault_key: str = "",
+                 seeds: list[int] | None = None) -> list[Trajectory]:
+    """Roll out one episode per `(query_id, query_text)` with a token engine. `seeds`: one
+    per episode (None: derived from `sampling.seed`)."""
+    return asyncio.run(run_episodes_async(engine, executor, queries, sampling, agent, fault_key,
+                                          seeds))
 
 
 async def run_episodes_async(engine, executor, queries, sampling: SamplingParams,
-                             agent: AgentConfig, fault_key: str = "") -> list[Trajectory]:
+                             agent: AgentConfig, fault_key: str = "",
+                             seeds: list[int] | None = None) -> list[Trajectory]:
     tok = engine.tokenizer
     schemas = executor.schemas()
     im_end = tok.convert_tokens_to_ids(IM_END)
@@ -117,6 +116,7 @@ async def run_episodes_async(engine, executor, queries, sampling: SamplingParams
     # With one call per turn the turn may end at </tool_call>; the loop closes it.
     stops = [im_end] + ([call_close] if agent.max_calls_per_turn == 1 else [])
     sampling = SamplingParams(**{**asdict(sampling), "stop_token_ids": stops})
+    seeds = seeds if seeds is not None else prompt_seeds(sampling, len(queries))
     start = time.perf_counter()
 
     trajs = []
@@ -131,28 +131,15 @@ async def run_episodes_async(engine, executor, queries, sampling: SamplingParams
         t.stop_reason = reason
         t.wall_time_s = time.perf_counter() - start
 
-    running = [t for t in trajs if len(t.token_ids) < agent.max_tokens]
-    for t in trajs:
-        if t not in running:
-            finish(t, "max_tokens")
-
-    turn = 0
-    while running:
-        # A fresh seed per turn: re-seeding every turn with one seed repeats the same noise.
-        turn_sampling = sampling if sampling.seed is None else \
-            SamplingParams(**{**asdict(sampling), "seed": sampling.seed + 1_000_003 * turn})
-        turn += 1
-        outputs = await asyncio.to_thread(engine.generate, [t.token_ids for t in running],
-                                          turn_sampling)
-        count_garbage(engine, running)
-        for t, gen in zip(running, outputs):
+    async def episode(i: int, t: Trajectory, seed: int, stream) -> None:
+        while len(t.token_ids) < agent.max_tokens:
+            gen = await stream.generate(t.token_ids, derive_seed(seed, t.num_turns), i)
+            if gen.injected:
+                t.faults["injected_garbage"] += 1
             budget = agent.max_tokens - len(t.token_ids)
             if len(gen.token_ids) > budget:  # past the trajectory's token budget: cut
                 gen.token_ids, gen.logprobs = gen.token_ids[:budget], gen.logprobs[:budget]
                 gen.finish_reason = "length"
-
-        pending = []  # (trajectory, calls) whose tools run this turn
-        for t, gen in zip(running, outputs):
             t.token_ids += gen.token_ids
             t.logprobs += gen.logprobs
             t.loss_mask += [1] * len(gen.token_ids)
@@ -161,34 +148,32 @@ async def run_episodes_async(engine, executor, queries, sampling: SamplingParams
             t.messages.append({"role": "assistant", "content": text})
             if gen.finish_reason == "length":
                 if len(t.token_ids) >= agent.max_tokens:
-                    finish(t, "max_tokens")
-                    continue
+                    break
                 parsed = ParsedTurn(error={"error": {
                     "type": "turn_too_long", "message": "the turn hit max_new_tokens before ending"}})
             else:
                 parsed = parse_assistant_turn(text, schemas, agent.max_calls_per_turn)
                 if parsed.is_final:
-                    finish(t, "answer")
-                    continue
+                    return finish(t, "answer")
             if t.num_turns >= agent.max_turns:
-                finish(t, "max_turns")
-                continue
-            pending.append((t, parsed))
-
-        observations = await observe_turns(executor, pending)
-        still = []
-        for (t, _), contents in zip(pending, observations):
+                return finish(t, "max_turns")
+            contents, = await observe_turns(executor, [(t, parsed)])
             # Close the assistant turn if generation stopped at </tool_call>, then the tool
             # turn and the next assistant header: all context, none of it trained on.
             extra = ([] if t.token_ids[-1] == im_end else [im_end]) + tool_response_ids(tok, contents)
             t.token_ids += extra
             t.logprobs += [0.0] * len(extra)
             t.loss_mask += [0] * len(extra)
-            if len(t.token_ids) >= agent.max_tokens:
-                finish(t, "max_tokens")
-            else:
-                still.append(t)
-        running = still
+        finish(t, "max_tokens")
+
+    async with engine.stream(sampling, agent.max_tokens - 1, len(trajs),
+                             agent.reproducible) as stream:
+        async def run(i: int) -> None:
+            try:
+                await episode(i, trajs[i], seeds[i], stream)
+            finally:  # the stream stops waiting for this episode's turns
+                stream.finish(i)
+        await asyncio.gather(*[run(i) for i in range(len(trajs))])
     return trajs
 
 
@@ -210,7 +195,9 @@ async def _run_message_episodes(engine, executor, queries, agent, seeds, tokeniz
         contents = await asyncio.to_thread(
             engine.chat, [queries[i] for i in running], [trajs[i].messages for i in running],
             [seeds[i] for i in running])
-        count_garbage(engine, [trajs[i] for i in running])
+        for i, hit in zip(running, getattr(engine, "last_garbage", [])):
+            if hit:
+                trajs[i].faults["injected_garbage"] += 1
         pending = []
         for i, text in zip(running, contents):
             t = trajs[i]

@@ -26,12 +26,16 @@ top-k/top-p truncation; temperature 0 is greedy, scored at temperature 1.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 from stagent_ray.models.build import DTYPES
-from stagent_ray.rollout.engine import Generation, SamplingParams, TokenEngine
+from stagent_ray.rollout.engine import Generation, SamplingParams, TokenEngine, prompt_seeds
 
 
 WINDOW_ALIGN = 16  # columns: the eager decode window starts and ends on multiples of this
@@ -46,7 +50,8 @@ class SlotKVCache:
     Two modes:
     - prefill (`prefill_rows` set): the new prompts of some rows, written at columns
       [prefill_end - len, prefill_end) of those rows; they attend only to themselves.
-    - decode: every row writes one token at column `write_col`; attention reads columns `window`.
+    - decode: rows [0, rows) write one token each at column `write_col`; attention reads
+      columns `window` of those rows.
     """
 
     def __init__(self, slots: int, capacity: int, dtype: torch.dtype, device):
@@ -61,6 +66,7 @@ class SlotKVCache:
         self.prefill_rows: torch.Tensor | None = None
         self.prefill_end = 0
         self.window = (0, capacity)
+        self.rows = slots
         if torch.device(device).type == "cuda":
             # CUDA graphs replay fixed addresses: tensors mutated outside the graph must stay put
             torch._dynamo.mark_static_address(self.write_col)
@@ -79,10 +85,10 @@ class SlotKVCache:
             keys[self.prefill_rows, :, start:self.prefill_end] = key_states
             values[self.prefill_rows, :, start:self.prefill_end] = value_states
             return key_states, value_states
-        keys.index_copy_(2, self.write_col, key_states)
-        values.index_copy_(2, self.write_col, value_states)
-        lo, hi = self.window
-        return keys[:, :, lo:hi], values[:, :, lo:hi]
+        n, (lo, hi) = self.rows, self.window
+        keys[:n].index_copy_(2, self.write_col, key_states)
+        values[:n].index_copy_(2, self.write_col, value_states)
+        return keys[:n, :, lo:hi], values[:n, :, lo:hi]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         # Not called by transformers 5.20 when position ids and a 4D mask are given. Older 5.x
@@ -97,8 +103,34 @@ class SlotKVCache:
         self.mask[..., end - shift:] = torch.finfo(self.mask.dtype).min
 
 
-def sample_tokens(logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator):
-    """logits [rows, vocab] -> (token ids [rows], their log-probs [rows]), engine convention."""
+MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (xorshift-multiply rounds) of int64 values in [0, 2^32). The
+    multipliers are below 2^31, so no product leaves int64."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x68E31DA5) & MASK32
+    return x ^ (x >> 16)
+
+
+def row_uniforms(seeds: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
+    """One number in (0, 1) per row, fixed by (row seed, row counter): int64 [rows] each ->
+    float32 [rows]. Counter-based, so a row's draws do not depend on the other rows (a shared
+    torch.Generator would make them depend on the batch a prompt lands in)."""
+    h = _mix32(seeds & MASK32)
+    h = _mix32(h ^ (seeds >> 32))
+    h = _mix32(h ^ (counters & MASK32))
+    # 2^-25 margins keep it off 0 and 1 after rounding to float32
+    return ((h.double() + 0.5) / 2.0 ** 32).float().clamp_(2 ** -25, 1 - 2 ** -24)
+
+
+def sample_tokens(logits: torch.Tensor, sampling: SamplingParams, uniforms: torch.Tensor):
+    """logits [rows, vocab], uniforms [rows] -> (token ids [rows], their log-probs [rows]),
+    engine convention. Sampling is by inverse CDF: the token whose cumulative probability
+    bracket holds the row's uniform (a token with probability 0 has an empty bracket)."""
     logits = logits.float()
     if sampling.temperature <= 0:
         tokens = logits.argmax(-1)
@@ -114,13 +146,9 @@ def sample_tokens(logits: torch.Tensor, sampling: SamplingParams, generator: tor
         # drop a token once the tokens ranked above it hold top_p (the top token always stays)
         drop = probs.cumsum(-1) - probs >= sampling.top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    probs = logits.softmax(-1)
-    # argmax(p / E) with E ~ Exp(1) draws from p (the exponential form of Gumbel-max). Unlike
-    # torch.multinomial it never waits on the device. E = -log(U) is 5x faster than exponential_
-    # on CPU; the clamp keeps E finite when rand gives exactly 0, so a kept token always wins.
-    noise = torch.rand(probs.shape, generator=generator, device=probs.device)
-    noise = noise.clamp_(min=1e-30).log_().neg_()
-    tokens = (probs / noise).argmax(-1)
+    cdf = logits.softmax(-1).cumsum(-1)                                  # [rows, vocab]
+    target = uniforms[:, None].to(cdf.device) * cdf[:, -1:]               # [rows, 1]
+    tokens = torch.searchsorted(cdf, target, right=True)[:, 0].clamp_(max=cdf.shape[-1] - 1)
     return tokens, logprobs.gather(-1, tokens[:, None])[:, 0]
 
 
@@ -175,27 +203,54 @@ class HFEngine(TokenEngine):
             self._decode_logits = torch.compile(self._decode_forward, mode="reduce-overhead",
                                                 dynamic=False)
         self.last_stats: dict = {}  # decode steps, prefills, compactions of the last generate()
+        # Streams run the decode loop on this one thread: CUDA graphs are recorded per thread
+        self._stream_thread = ThreadPoolExecutor(1, thread_name_prefix="hf-decode")
 
     def _decode_forward(self, input_ids, position_ids, attention_mask):
         out = self.model(input_ids=input_ids, position_ids=position_ids,
                          attention_mask=attention_mask, past_key_values=self._cache, use_cache=True)
         return out.logits[:, -1]
 
-    @torch.inference_mode()
-    def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Generation]:
-        n, max_new = len(prompts), sampling.max_new_tokens
+    def generate(self, prompts: list[list[int]], sampling: SamplingParams,
+                 seeds: list[int] | None = None) -> list[Generation]:
+        n = len(prompts)
         if n == 0:
             return []
-        if max_new <= 0:
+        if sampling.max_new_tokens <= 0:
             return [Generation([], [], "length") for _ in prompts]
         if min(map(len, prompts)) == 0:
             raise ValueError("every prompt needs at least one token")
+        seeds = seeds if seeds is not None else prompt_seeds(sampling, n)
+        waiting = list(zip(range(n), prompts, seeds))[::-1]
+        results: list[Generation | None] = [None] * n
+
+        def take(k: int, idle: bool, step: int) -> list:
+            return [waiting.pop() for _ in range(min(k, len(waiting)))]
+
+        def deliver(key: int, gen: Generation, step: int) -> None:
+            results[key] = gen
+
+        self._decode_loop(take, deliver, sampling, max(map(len, prompts)), n)
+        return results
+
+    def stream(self, sampling: SamplingParams, max_prompt_len: int, episodes: int,
+               reproducible: bool = True) -> "HFStream":
+        return HFStream(self, sampling, max_prompt_len, episodes, reproducible)
+
+    @torch.inference_mode()
+    def _decode_loop(self, take, deliver, sampling: SamplingParams, longest: int,
+                     expected: int) -> None:
+        """Generate for requests until `take` has no more. `take(k, idle, step)` hands over up
+        to k (key, prompt ids, seed) requests at decode step `step` (idle: no row is decoding,
+        so wait for one; [] then means no more will come); `deliver(key, generation, step)`
+        gets each result. Prompts are at most `longest` ids;
+        `expected` bounds how many requests are in flight at once (it sizes the batch)."""
+        max_new = sampling.max_new_tokens
         dev, min_value = self.device, torch.finfo(self.dtype).min
-        slots = self.max_batch_size if self.compile else min(self.max_batch_size, n)
-        longest = max(map(len, prompts))
-        # Room for the longest prompt plus max_new tokens; when rows get refilled, max_new more
-        # columns so that each compaction frees at least max_new of them (see below).
-        capacity = longest + max_new + (max_new if n > slots else 0)
+        slots = self.max_batch_size if self.compile else min(self.max_batch_size, expected)
+        # Room for the longest prompt plus max_new tokens, and max_new more so that each
+        # compaction frees at least max_new columns (see below).
+        capacity = longest + 2 * max_new
         cache = self._cache
         if cache is None or cache.slots != slots or cache.capacity < capacity:
             step = 512 if self.compile else WINDOW_ALIGN  # compiled: one graph, many calls
@@ -204,11 +259,8 @@ class HFEngine(TokenEngine):
         cache.mask.fill_(min_value)
         cache.prefill_rows = None  # in case an earlier call was interrupted mid-prefill
         if self.compile:
-            cache.window = (0, cache.capacity)
+            cache.window, cache.rows = (0, cache.capacity), slots
 
-        seed = sampling.seed if sampling.seed is not None else int(torch.randint(2**62, ()).item())
-        generator = torch.Generator(device=dev)
-        generator.manual_seed(seed)
         stop_ids = torch.tensor(sampling.stop_token_ids or [-1], device=dev)
         stop_set = set(sampling.stop_token_ids)
 
@@ -217,27 +269,28 @@ class HFEngine(TokenEngine):
         tokens = torch.zeros(slots, dtype=torch.long, device=dev)
         positions = torch.zeros(slots, dtype=torch.long, device=dev)  # RoPE position of `tokens`
         n_sampled = torch.zeros(slots, dtype=torch.long, device=dev)
+        row_seeds = torch.zeros(slots, dtype=torch.long, device=dev)
         out_tokens = torch.zeros(slots, max_new, dtype=torch.long, device=dev)
         out_logprobs = torch.zeros(slots, max_new, dtype=torch.float32, device=dev)
         stopped = torch.zeros(slots, dtype=torch.bool, device=dev)
         # Per-row host state (known without asking the device).
-        request = [-1] * slots   # prompt index a row serves, -1 when free
+        request: list = [None] * slots  # key of the request a row serves, None when free
         count = [0] * slots      # tokens sampled so far
         start = [0] * slots      # first cache column of the row's prompt
 
-        results: list[Generation | None] = [None] * n
-        next_prompt, col = 0, longest  # col >= longest always, so any prompt fits left of it
-        steps = prefills = compactions = since_check = 0
+        col = longest  # col >= longest always, so any prompt fits left of it
+        steps = prefills = compactions = since_check = generated = 0
         must_check = False
         while True:
             # 1. Fill free rows with waiting prompts (the first pass fills the whole batch).
-            free = [r for r in range(slots) if request[r] < 0][:n - next_prompt]
-            if free:
-                batch = prompts[next_prompt:next_prompt + len(free)]
-                width = max(map(len, batch))
+            free = [r for r in range(slots) if request[r] is None]
+            batch = take(len(free), len(free) == slots, steps) if free else []
+            if batch:
+                free = free[:len(batch)]
+                width = max(len(p) for _, p, _ in batch)
                 ids = torch.zeros(len(batch), width, dtype=torch.long)
                 keep = torch.zeros(len(batch), width, dtype=torch.bool)
-                for i, p in enumerate(batch):  # left padding: every prompt ends at column `col`
+                for i, (_, p, _) in enumerate(batch):  # left padding: prompts end at `col`
                     ids[i, width - len(p):] = torch.tensor(p)
                     keep[i, width - len(p):] = True
                 ids, keep = ids.to(dev), keep.to(dev)
@@ -254,20 +307,21 @@ class HFEngine(TokenEngine):
                 cache.prefill_rows = None
                 cache.mask[rows] = min_value
                 cache.mask[rows, 0, 0, col - width:col] = prefill_mask[:, 0, -1]
-                tok, logp = sample_tokens(logits, sampling, generator)
+                row_seeds[rows] = torch.tensor([seed for _, _, seed in batch], device=dev)
+                tok, logp = sample_tokens(logits, sampling,
+                                          row_uniforms(row_seeds[rows], torch.zeros_like(rows)))
                 tokens[rows], out_tokens[rows, 0], out_logprobs[rows, 0] = tok, tok, logp
                 positions[rows] = keep.sum(-1)
                 n_sampled[rows] = 1
                 stopped[rows] = torch.isin(tok, stop_ids)
-                for r, p in zip(free, batch):
-                    request[r], count[r], start[r] = next_prompt, 1, col - len(p)
-                    next_prompt += 1
+                for r, (key, p, _) in zip(free, batch):
+                    request[r], count[r], start[r] = key, 1, col - len(p)
                 prefills += 1
                 must_check = True  # a first token may already be a stop, or max_new may be 1
 
-            live = [r for r in range(slots) if request[r] >= 0]
+            live = [r for r in range(slots) if request[r] is not None]
             if not live:
-                break
+                break  # `take` waited for a request and none will come
 
             # 2. Hand back finished rows (a stop id sampled, or max_new reached), then refill.
             if must_check or since_check >= self.stop_check_every or \
@@ -283,11 +337,13 @@ class HFEngine(TokenEngine):
                         # on GPU a row may have run past its stop before this check: cut there
                         end = next((i + 1 for i, t in enumerate(toks) if t in stop_set), None)
                         reason = "length" if end is None else "stop"
-                        results[request[r]] = Generation(toks[:end], lps[:end], reason)
-                        request[r] = -1
+                        generated += len(toks[:end])
+                        deliver(request[r], Generation(toks[:end], lps[:end], reason), steps)
+                        request[r] = None
                     continue
 
-            # 3. One decode step for the whole batch.
+            # 3. One decode step for the whole batch (eager: rows up to the last live one; free
+            # rows are refilled lowest first, so live rows gather at the top as work runs out).
             if col == cache.capacity:
                 # Compaction. A live row has at most longest + max_new - 1 columns, so with the
                 # capacity above, shift >= max_new; keeping col >= longest keeps prompts fitting.
@@ -299,27 +355,29 @@ class HFEngine(TokenEngine):
                 compactions += 1
             cache.mask[:, 0, 0, col] = 0.0  # every row's newest token goes to column col
             cache.write_col.fill_(col)
+            n = slots
             if not self.compile:  # attend over the live columns only, in whole tiles: CUDA's
                 # attention kernels fault on a mask slice whose offset is not 16-aligned
                 lo = min(start[r] for r in live) // WINDOW_ALIGN * WINDOW_ALIGN
                 hi = -(-(col + 1) // WINDOW_ALIGN) * WINDOW_ALIGN
                 cache.window = (lo, min(cache.capacity, hi))
+                n = cache.rows = live[-1] + 1
             lo, hi = cache.window
             if self.compile:  # we are done with the previous replay's outputs
                 torch.compiler.cudagraph_mark_step_begin()
-            mask = cache.mask if self.compile else cache.mask[..., lo:hi]
-            logits = self._decode_logits(tokens[:, None], positions[:, None], mask)
-            tok, logp = sample_tokens(logits, sampling, generator)
+            mask = cache.mask if self.compile else cache.mask[:n, ..., lo:hi]
+            logits = self._decode_logits(tokens[:n, None], positions[:n, None], mask)
+            tok, logp = sample_tokens(logits, sampling, row_uniforms(row_seeds[:n], n_sampled[:n]))
             # Live rows are below max_new here (the check above hands back any row that reached
             # it); free rows keep stepping with ignored outputs, and the clamp keeps their writes
             # inside the buffer.
-            index = n_sampled.clamp(max=max_new - 1)[:, None]
-            out_tokens.scatter_(1, index, tok[:, None])
-            out_logprobs.scatter_(1, index, logp[:, None])
-            stopped |= torch.isin(tok, stop_ids)
-            tokens.copy_(tok)
-            positions += 1
-            n_sampled += 1
+            index = n_sampled[:n].clamp(max=max_new - 1)[:, None]
+            out_tokens[:n].scatter_(1, index, tok[:, None])
+            out_logprobs[:n].scatter_(1, index, logp[:, None])
+            stopped[:n] |= torch.isin(tok, stop_ids)
+            tokens[:n] = tok
+            positions[:n] += 1
+            n_sampled[:n] += 1
             for r in live:
                 count[r] += 1
             col += 1
@@ -328,8 +386,7 @@ class HFEngine(TokenEngine):
 
         self.last_stats = {"decode_steps": steps, "prefills": prefills,
                            "compactions": compactions, "slots": slots,
-                           "generated_tokens": sum(len(g.token_ids) for g in results)}
-        return results
+                           "generated_tokens": generated}
 
     @torch.inference_mode()
     def load_weights(self, path_or_state_dict) -> None:
@@ -347,3 +404,114 @@ class HFEngine(TokenEngine):
         if missing or unexpected:
             raise ValueError(f"state dict does not fit the model: missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]}")
+
+
+def _resolve(future: asyncio.Future, gen: Generation | None, exc: BaseException | None) -> None:
+    if not future.done():  # the episode may have been cancelled meanwhile
+        future.set_result(gen) if exc is None else future.set_exception(exc)
+
+
+class HFStream:
+    """HFEngine's stream: the decode loop runs on the engine's decode thread, and each turn an
+    episode sends joins the running batch when a row is free, while the other rows go on
+    decoding. Prompts over `max_prompt_len` ids are refused (they size the cache).
+
+    Reproducible (see `TokenEngine.stream`): time is counted in decode steps. An episode's
+    next turn is due REJOIN_STEPS steps after its last one was handed back (its first turn at
+    step 0); a free row takes only turns that are due, in seed order, and waits for a due
+    episode still running its tools. Which turns share a step, and in which rows, then never
+    depends on timing, so neither do the floats (batched kernels round differently for
+    different batch shapes). Tools that finish within REJOIN_STEPS steps stall nothing."""
+
+    REJOIN_STEPS = 2
+
+    def __init__(self, engine: HFEngine, sampling: SamplingParams, max_prompt_len: int,
+                 episodes: int, reproducible: bool = True):
+        self.engine, self.sampling = engine, sampling
+        self.max_prompt_len, self.episodes, self.reproducible = max_prompt_len, episodes, reproducible
+        self.cond = threading.Condition()
+        self.waiting: list = []           # (due step, seed, future, episode, prompt ids)
+        self.in_flight: set = set()       # futures of turns the loop has taken
+        self.outside = dict.fromkeys(range(episodes), 0)  # episode -> step its next turn is due
+        self.step = 0                     # decode steps so far
+        self.closed, self.error = False, None
+
+    async def __aenter__(self):
+        self.loop = asyncio.get_running_loop()
+        self.done = asyncio.wrap_future(self.engine._stream_thread.submit(self._run))
+        return self
+
+    async def __aexit__(self, *exc):
+        with self.cond:
+            self.closed = True
+            self.cond.notify()
+        await self.done
+
+    def finish(self, episode: int) -> None:
+        with self.cond:
+            self.outside.pop(episode, None)
+            self.cond.notify()
+
+    async def generate(self, ids: list[int], seed: int, episode: int) -> Generation:
+        if not 0 < len(ids) <= self.max_prompt_len:
+            raise ValueError(f"prompt of {len(ids)} ids: this stream takes 1 to "
+                             f"{self.max_prompt_len}")
+        if self.sampling.max_new_tokens <= 0:
+            return Generation([], [], "length")
+        future = self.loop.create_future()
+        with self.cond:
+            if self.error is not None:
+                raise RuntimeError("the decode loop failed") from self.error
+            due = self.outside.pop(episode, self.step)
+            self.waiting.append((due, seed, future, episode, ids))
+            self.cond.notify()
+        return await future
+
+    def _take(self, k: int, idle: bool, step: int) -> list:
+        """Up to k turns for free rows at decode step `step`; `idle`: no row is decoding (wait
+        for a turn; [] means none will come)."""
+        with self.cond:
+            self.step = step
+            while not self.closed:
+                if not self.reproducible:
+                    if self.waiting or not idle:
+                        break
+                elif self.waiting or self.outside:
+                    dues = [w[0] for w in self.waiting] + list(self.outside.values())
+                    now = max(step, min(dues)) if idle else step  # idle: skip to the next due
+                    if min(self.outside.values(), default=now + 1) > now:
+                        ready = sorted((w for w in self.waiting if w[0] <= now),
+                                       key=lambda w: (w[0], w[1], w[3]))[:k]
+                        for w in ready:
+                            self.waiting.remove(w)
+                        break
+                elif not idle:  # reproducible, nothing left to come
+                    return []
+                self.cond.wait()
+            else:
+                ready = []
+            if not self.reproducible:
+                ready, self.waiting = self.waiting[:k], self.waiting[k:]
+            self.in_flight.update(w[2] for w in ready)
+            return [((future, episode), ids, seed) for _, seed, future, episode, ids in ready]
+
+    def _deliver(self, key: tuple, gen: Generation, step: int) -> None:
+        future, episode = key
+        with self.cond:
+            self.in_flight.discard(future)
+            self.outside[episode] = step + self.REJOIN_STEPS
+        self.loop.call_soon_threadsafe(_resolve, future, gen, None)
+
+    def _run(self) -> None:
+        try:
+            self.engine._decode_loop(self._take, self._deliver, self.sampling,
+                                     self.max_prompt_len, self.episodes)
+        except BaseException as exc:  # every waiting episode gets the error, none hangs
+            with self.cond:
+                self.error = exc
+                failed = [*self.in_flight, *(w[2] for w in self.waiting)]
+                self.in_flight.clear()
+                self.waiting.clear()
+            for future in failed:
+                self.loop.call_soon_threadsafe(_resolve, future, None, exc)
+            raise

@@ -159,10 +159,10 @@ class RolloutActor:
                                         fault_key=fault_key)
         s = self.cfg.sampling
         sampling = SamplingParams(temperature=self.temperature, top_p=s.top_p, top_k=s.top_k,
-                                  max_new_tokens=s.max_new_tokens, seed=seeds[0])
+                                  max_new_tokens=s.max_new_tokens)
         return run_episodes(self.token_engine, self.executor,
                             [(q.query_id, q.text) for q, _ in episodes], sampling, agent,
-                            fault_key)
+                            fault_key, seeds)
 
     def rollout(self, queries: list) -> tuple[list, list[Counter]]:
         """N episodes per query. Those hit by a tool-infrastructure fault are rolled out

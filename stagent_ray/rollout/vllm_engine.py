@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from stagent_ray.rollout.engine import Generation, SamplingParams, TokenEngine
+from stagent_ray.rollout.engine import Generation, SamplingParams, TokenEngine, prompt_seeds
 
 
 def _load_into_worker(worker, weights):
@@ -49,15 +49,17 @@ class VLLMEngine(TokenEngine):
                        **llm_kwargs)
         self.tokenizer = tokenizer if tokenizer is not None else self.llm.get_tokenizer()
 
-    def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Generation]:
+    def generate(self, prompts: list[list[int]], sampling: SamplingParams,
+                 seeds: list[int] | None = None) -> list[Generation]:
         from vllm import SamplingParams as VLLMSamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = VLLMSamplingParams(
+        seeds = seeds if seeds is not None else prompt_seeds(sampling, len(prompts))
+        params = [VLLMSamplingParams(  # one per prompt: each row samples from its own seed
             temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
             max_tokens=sampling.max_new_tokens, stop_token_ids=list(sampling.stop_token_ids),
             # only our stop ids end a turn, as in HFEngine (not the model's own EOS)
-            ignore_eos=True, seed=sampling.seed, logprobs=0, detokenize=False)
+            ignore_eos=True, seed=seed, logprobs=0, detokenize=False) for seed in seeds]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts],
                                     params, use_tqdm=False)
         results = []

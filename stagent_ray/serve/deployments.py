@@ -12,12 +12,14 @@ import asyncio
 import itertools
 import json
 import os
+import random
 import time
 from dataclasses import asdict
 
 from ray import serve
 
-from stagent_ray.rollout.engine import Generation, SamplingParams, TokenEngine, make_token_engine
+from stagent_ray.rollout.engine import (Generation, SamplingParams, TokenEngine, make_token_engine,
+                                       prompt_seeds)
 from stagent_ray.rollout.message_engines import MessageEngine
 
 
@@ -38,21 +40,28 @@ class Policy:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def generate_one(self, requests: list[tuple[list[int], dict]]) -> list[dict]:
-        """Each request: (prompt ids, sampling dict). Rows with equal sampling share a call."""
+        """Each request: (prompt ids, sampling dict); its `seed` is the request's own (what it
+        samples does not depend on the batch). Rows with equal other settings share a call."""
         out: list[dict | None] = [None] * len(requests)
-        key = lambda i: json.dumps(requests[i][1], sort_keys=True)  # noqa: E731
+        settings = [{k: v for k, v in r[1].items() if k != "seed"} for r in requests]
+        seeds = [r[1].get("seed") for r in requests]
+        seeds = [s if s is not None else random.getrandbits(62) for s in seeds]
+        key = lambda i: json.dumps(settings[i], sort_keys=True)  # noqa: E731
         async with self._swap:
             for _, rows in itertools.groupby(sorted(range(len(requests)), key=key), key=key):
                 rows = list(rows)
-                params = SamplingParams(**requests[rows[0]][1])
                 gens = await asyncio.to_thread(self.engine.generate,
-                                               [requests[i][0] for i in rows], params)
+                                               [requests[i][0] for i in rows],
+                                               SamplingParams(**settings[rows[0]]),
+                                               [seeds[i] for i in rows])
                 for i, g in zip(rows, gens):
                     out[i] = {**asdict(g), "version": self._version}
         return out
 
     async def generate(self, prompts: list[list[int]], sampling: dict) -> list[dict]:
-        return await asyncio.gather(*[self.generate_one((p, sampling)) for p in prompts])
+        seeds = prompt_seeds(SamplingParams(**sampling), len(prompts))
+        return await asyncio.gather(*[self.generate_one((p, {**sampling, "seed": s}))
+                                      for p, s in zip(prompts, seeds)])
 
     async def reload(self, checkpoint_path: str, version: int) -> int:
         from transformers import AutoModelForCausalLM
@@ -113,12 +122,13 @@ class ServePolicyEngine(TokenEngine):
         self.handle, self.tokenizer = handle, tokenizer
         self.last_version = None
 
-    def generate(self, prompts, sampling: SamplingParams) -> list[Generation]:
-        sampling_dict = asdict(sampling)
-        responses = [self.handle.generate_one.remote((p, sampling_dict)) for p in prompts]
+    def generate(self, prompts, sampling: SamplingParams, seeds=None) -> list[Generation]:
+        seeds = seeds if seeds is not None else prompt_seeds(sampling, len(prompts))
+        requests = [(p, {**asdict(sampling), "seed": s}) for p, s in zip(prompts, seeds)]
+        responses = [self.handle.generate_one.remote(r) for r in requests]
         out = []
-        for p, r in zip(prompts, responses):
-            d = result_with_retries(r, lambda: self.handle.generate_one.remote((p, sampling_dict)))
+        for request, r in zip(requests, responses):
+            d = result_with_retries(r, lambda: self.handle.generate_one.remote(request))
             self.last_version = d.pop("version")
             out.append(Generation(**d))
         return out
