@@ -104,7 +104,8 @@ def main() -> None:
     print(json.dumps({
         "bench": "rollout", "checkpoint": args.checkpoint, "config": args.config,
         "episodes": len(episodes), "batch": args.batch, "max_new_tokens": s.max_new_tokens,
-        "max_turns": cfg.agent.max_turns, "reproducible": cfg.agent.reproducible, "device": args.device, "dtype": args.dtype,
+        "max_turns": cfg.agent.max_turns, "reproducible": cfg.agent.reproducible,
+        "device": args.device, "dtype": args.dtype,
         "engine_compiled": engine.compile, "generated_tokens": tokens,
         "mean_turns": round(sum(t.num_turns for t in trajs["streamed"]) / len(episodes), 2),
         "seconds": {k: round(v, 2) for k, v in best.items()},

@@ -20,8 +20,12 @@ The layout: one KV cache of `slots` rows × `capacity` columns, and one shared w
 - When `col` reaches `capacity`, every row shifts left by the columns no live row uses. RoPE is
   applied before keys are cached, so moving cached keys to other columns changes nothing.
 
+- Requests come from a list (`generate`) or from episodes as they send turns (`stream`, run on
+  the engine's decode thread): both feed the same loop, `_decode_loop`.
+
 Log-probs follow `engine.py`: log_softmax(logits / temperature) at the sampled token, before
-top-k/top-p truncation; temperature 0 is greedy, scored at temperature 1.
+top-k/top-p truncation; temperature 0 is greedy, scored at temperature 1. Each row draws from
+its own seed (`row_uniforms`), so a prompt samples the same in any batch.
 """
 
 from __future__ import annotations
@@ -417,18 +421,19 @@ class HFStream:
     decoding. Prompts over `max_prompt_len` ids are refused (they size the cache).
 
     Reproducible (see `TokenEngine.stream`): time is counted in decode steps. An episode's
-    next turn is due REJOIN_STEPS steps after its last one was handed back (its first turn at
-    step 0); a free row takes only turns that are due, in seed order, and waits for a due
+    next turn is due `rejoin_steps` steps after its last one was handed back (its first turn
+    at step 0); a free row takes only turns that are due, in seed order, and waits for a due
     episode still running its tools. Which turns share a step, and in which rows, then never
     depends on timing, so neither do the floats (batched kernels round differently for
-    different batch shapes). Tools that finish within REJOIN_STEPS steps stall nothing."""
-
-    REJOIN_STEPS = 2
+    different batch shapes). Tools that finish within `rejoin_steps` steps stall nothing: two
+    steps on CPU, one stop-check interval (8 steps) on GPU, where steps are quicker."""
 
     def __init__(self, engine: HFEngine, sampling: SamplingParams, max_prompt_len: int,
                  episodes: int, reproducible: bool = True):
         self.engine, self.sampling = engine, sampling
-        self.max_prompt_len, self.episodes, self.reproducible = max_prompt_len, episodes, reproducible
+        self.max_prompt_len, self.episodes = max_prompt_len, episodes
+        self.reproducible = reproducible
+        self.rejoin_steps = max(2, engine.stop_check_every)
         self.cond = threading.Condition()
         self.waiting: list = []           # (due step, seed, future, episode, prompt ids)
         self.in_flight: set = set()       # futures of turns the loop has taken
@@ -499,7 +504,7 @@ class HFStream:
         future, episode = key
         with self.cond:
             self.in_flight.discard(future)
-            self.outside[episode] = step + self.REJOIN_STEPS
+            self.outside[episode] = step + self.rejoin_steps
         self.loop.call_soon_threadsafe(_resolve, future, gen, None)
 
     def _run(self) -> None:
