@@ -3,6 +3,7 @@ log-probs and loss mask it records line up with a fresh forward pass."""
 
 import json
 
+import pytest
 import torch
 
 from stagent_ray.config import AgentConfig
@@ -70,3 +71,22 @@ def test_an_episode_replays_the_same_in_any_batch(tiny_checkpoint):
         assert alone.token_ids == together[i].token_ids
         assert alone.messages == together[i].messages
     assert sum(t.num_turns for t in together) > len(together)  # multi-turn episodes were run
+
+
+def test_an_engine_failure_reaches_every_episode(tiny_checkpoint):
+    """The decode thread dies mid-rollout: run_episodes raises its error instead of hanging."""
+    engine = HFEngine(tiny_checkpoint, device="cpu", max_batch_size=2)
+    calls = {"n": 0}
+    forward = engine.model.forward
+
+    def failing_forward(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 5:  # after the first prefills and a few decode steps
+            raise RuntimeError("device lost")
+        return forward(*args, **kwargs)
+
+    engine.model.forward = failing_forward
+    agent = AgentConfig(max_turns=3, max_tokens=900, tool_prompt="compact")
+    with pytest.raises(RuntimeError, match="device lost"):
+        run_episodes(engine, make_executor(), QUERIES, SamplingParams(max_new_tokens=40), agent,
+                     seeds=[1, 2, 3, 4])
