@@ -84,9 +84,10 @@ class AgentConfig:
     max_calls_per_turn: int = 1
     system_prompt: str | None = None
     tool_prompt: str = "full"        # full JSON schemas | compact (names, argument types) | none
-    # The engine takes new turns only once no episode is running tools, in a fixed order, so a
-    # rerun samples the same tokens and log-probs bit for bit (killed stages resume exactly).
-    # false: decoding goes on while tools run (faster with slow remote tools).
+    # Turns join the engine's batch at points fixed by the episodes' own progress, in seed
+    # order, never by when their tools happen to finish: a rerun samples the same tokens and
+    # log-probs bit for bit (killed stages resume exactly). false: a turn joins as soon as it
+    # arrives (the engine never waits for a slow tool).
     reproducible: bool = True
 
 

@@ -13,9 +13,9 @@ the other prompts of the call, nor on batch size), so an episode replays the sam
 was batched with. `generate(prompts, sampling)` derives them from `sampling.seed`.
 
 Streams: the agent loop runs its episodes independently; each sends its turns to the engine's
-`stream` as they come (`await stream.generate(ids, seed, episode)`). A token engine's default stream
-batches whatever turns are waiting into one `generate` call; HFEngine's stream feeds them into
-its running decode batch instead, so no episode waits for another's turn to end.
+`stream` as they come (`await stream.generate(ids, seed, episode)`). A token engine's default
+stream batches the turns that are waiting into one `generate` call; HFEngine's stream feeds
+them into its running decode batch instead, so no episode waits for another's turn to end.
 """
 
 from __future__ import annotations
@@ -70,8 +70,9 @@ class TokenEngine:
     def stream(self, sampling: SamplingParams, max_prompt_len: int, episodes: int,
                reproducible: bool = True) -> "BatchingStream":
         """A stream for `episodes` episodes that send their turns one by one (prompts of up to
-        `max_prompt_len` ids). `reproducible`: the engine takes turns only when every episode
-        still running has sent one, in seed order, so timing never changes what it computes."""
+        `max_prompt_len` ids). `reproducible`: when turns arrive never changes which of them
+        are batched together (here: a call waits until every running episode has sent its
+        turn, and takes them in seed order)."""
         return BatchingStream(self, sampling, episodes, reproducible)
 
     def load_weights(self, path_or_state_dict) -> None:

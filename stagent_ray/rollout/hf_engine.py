@@ -477,28 +477,30 @@ class HFStream:
         for a turn; [] means none will come)."""
         with self.cond:
             self.step = step
-            while not self.closed:
-                if not self.reproducible:
-                    if self.waiting or not idle:
-                        break
-                elif self.waiting or self.outside:
-                    dues = [w[0] for w in self.waiting] + list(self.outside.values())
-                    now = max(step, min(dues)) if idle else step  # idle: skip to the next due
-                    if min(self.outside.values(), default=now + 1) > now:
-                        ready = sorted((w for w in self.waiting if w[0] <= now),
-                                       key=lambda w: (w[0], w[1], w[3]))[:k]
-                        for w in ready:
-                            self.waiting.remove(w)
-                        break
-                elif not idle:  # reproducible, nothing left to come
-                    return []
+            while (ready := self._ready(k, idle, step)) is None and not self.closed:
                 self.cond.wait()
-            else:
-                ready = []
-            if not self.reproducible:
-                ready, self.waiting = self.waiting[:k], self.waiting[k:]
+            ready = ready or []
             self.in_flight.update(w[2] for w in ready)
             return [((future, episode), ids, seed) for _, seed, future, episode, ids in ready]
+
+    def _ready(self, k: int, idle: bool, step: int) -> list | None:
+        """The waiting turns to take now (removed from `waiting`), or None to wait."""
+        if not self.reproducible:
+            if not self.waiting and idle:
+                return None
+            ready, self.waiting = self.waiting[:k], self.waiting[k:]
+            return ready
+        if not self.waiting and not self.outside:  # every episode is in a row or finished
+            return None if idle else []
+        dues = [w[0] for w in self.waiting] + list(self.outside.values())
+        now = max(step, min(dues)) if idle else step  # idle: skip ahead to the next due turn
+        if any(due <= now for due in self.outside.values()):
+            return None  # a due episode is still running its tools
+        ready = sorted((w for w in self.waiting if w[0] <= now),
+                       key=lambda w: (w[0], w[1], w[3]))[:k]
+        for w in ready:
+            self.waiting.remove(w)
+        return ready
 
     def _deliver(self, key: tuple, gen: Generation, step: int) -> None:
         future, episode = key
