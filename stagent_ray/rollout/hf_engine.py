@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
