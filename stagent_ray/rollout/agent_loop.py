@@ -131,49 +131,51 @@ async def run_episodes_async(engine, executor, queries, sampling: SamplingParams
         t.stop_reason = reason
         t.wall_time_s = time.perf_counter() - start
 
-    async def episode(i: int, t: Trajectory, seed: int, stream) -> None:
-        while len(t.token_ids) < agent.max_tokens:
-            gen = await stream.generate(t.token_ids, derive_seed(seed, t.num_turns), i)
-            if gen.injected:
-                t.faults["injected_garbage"] += 1
-            budget = agent.max_tokens - len(t.token_ids)
-            if len(gen.token_ids) > budget:  # past the trajectory's token budget: cut
-                gen.token_ids, gen.logprobs = gen.token_ids[:budget], gen.logprobs[:budget]
-                gen.finish_reason = "length"
-            t.token_ids += gen.token_ids
-            t.logprobs += gen.logprobs
-            t.loss_mask += [1] * len(gen.token_ids)
-            t.num_turns += 1
-            text = tok.decode([i for i in gen.token_ids if i != im_end], skip_special_tokens=False)
-            t.messages.append({"role": "assistant", "content": text})
-            if gen.finish_reason == "length":
-                if len(t.token_ids) >= agent.max_tokens:
-                    break
-                parsed = ParsedTurn(error={"error": {
-                    "type": "turn_too_long", "message": "the turn hit max_new_tokens before ending"}})
-            else:
-                parsed = parse_assistant_turn(text, schemas, agent.max_calls_per_turn)
-                if parsed.is_final:
-                    return finish(t, "answer")
-            if t.num_turns >= agent.max_turns:
-                return finish(t, "max_turns")
-            contents, = await observe_turns(executor, [(t, parsed)])
-            # Close the assistant turn if generation stopped at </tool_call>, then the tool
-            # turn and the next assistant header: all context, none of it trained on.
-            extra = ([] if t.token_ids[-1] == im_end else [im_end]) + tool_response_ids(tok, contents)
-            t.token_ids += extra
-            t.logprobs += [0.0] * len(extra)
-            t.loss_mask += [0] * len(extra)
-        finish(t, "max_tokens")
+    async def episode(i: int, stream) -> None:
+        t, seed = trajs[i], seeds[i]
+        try:
+            while len(t.token_ids) < agent.max_tokens:
+                gen = await stream.generate(t.token_ids, derive_seed(seed, t.num_turns), i)
+                if gen.injected:
+                    t.faults["injected_garbage"] += 1
+                budget = agent.max_tokens - len(t.token_ids)
+                if len(gen.token_ids) > budget:  # past the trajectory's token budget: cut
+                    gen.token_ids, gen.logprobs = gen.token_ids[:budget], gen.logprobs[:budget]
+                    gen.finish_reason = "length"
+                t.token_ids += gen.token_ids
+                t.logprobs += gen.logprobs
+                t.loss_mask += [1] * len(gen.token_ids)
+                t.num_turns += 1
+                text = tok.decode([x for x in gen.token_ids if x != im_end],
+                                  skip_special_tokens=False)
+                t.messages.append({"role": "assistant", "content": text})
+                if gen.finish_reason == "length":
+                    if len(t.token_ids) >= agent.max_tokens:
+                        break
+                    parsed = ParsedTurn(error={"error": {
+                        "type": "turn_too_long",
+                        "message": "the turn hit max_new_tokens before ending"}})
+                else:
+                    parsed = parse_assistant_turn(text, schemas, agent.max_calls_per_turn)
+                    if parsed.is_final:
+                        return finish(t, "answer")
+                if t.num_turns >= agent.max_turns:
+                    return finish(t, "max_turns")
+                contents, = await observe_turns(executor, [(t, parsed)])
+                # Close the assistant turn if generation stopped at </tool_call>, then the tool
+                # turn and the next assistant header: all context, none of it trained on.
+                extra = (([] if t.token_ids[-1] == im_end else [im_end])
+                         + tool_response_ids(tok, contents))
+                t.token_ids += extra
+                t.logprobs += [0.0] * len(extra)
+                t.loss_mask += [0] * len(extra)
+            finish(t, "max_tokens")
+        finally:  # the stream stops waiting for this episode's turns
+            stream.finish(i)
 
     async with engine.stream(sampling, agent.max_tokens - 1, len(trajs),
                              agent.reproducible) as stream:
-        async def run(i: int) -> None:
-            try:
-                await episode(i, trajs[i], seeds[i], stream)
-            finally:  # the stream stops waiting for this episode's turns
-                stream.finish(i)
-        await asyncio.gather(*[run(i) for i in range(len(trajs))])
+        await asyncio.gather(*[episode(i, stream) for i in range(len(trajs))])
     return trajs
 
 
