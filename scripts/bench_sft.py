@@ -10,8 +10,10 @@ Prints ONE JSON line: tokens/s, MFU (GPU) and peak memory of
             sharded with FSDP2 (world of 1 here) under bf16 mixed precision, packed rows
             (varlen flash attention on GPUs: flash-attn if installed, else torch's kernel,
             train/attention.py; SDPA with a block mask otherwise), logits and loss on the
-            trained tokens only, clipping, AdamW; `--compile` compiles each decoder layer
-            (sft.compile). MFU counts only the lm_head work done.
+            trained tokens only (by default in row chunks, without the [N, V] logits:
+            sft.LinearCrossEntropy; `--loss logits` for the full logits), clipping, AdamW;
+            `--compile` compiles each decoder layer (sft.compile). MFU counts only the
+            lm_head work done.
 It runs the step directly, without Ray, to measure kernel-level speed; Ray Train adds
 start-up and a report every `log_every` steps, not per-step work. Random weights and data
 (lengths uniform in [seq/8, seq], half of each sample's tokens trained): speed only.
@@ -25,10 +27,12 @@ import json
 import os
 import sys
 import time
+from functools import partial
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import register_fsdp_forward_method
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -37,7 +41,7 @@ from stagent_ray.train.common import (adamw, attention_for, compile_layers,  # n
                                       shard_model)
 from stagent_ray.train.attention import VARLEN, register  # noqa: E402
 from stagent_ray.train.data import pack  # noqa: E402
-from stagent_ray.train.sft import packed_logits, sft_loss  # noqa: E402
+from stagent_ray.train.sft import packed_logits, packed_nll, sft_loss  # noqa: E402
 
 QWEN3_06B = dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16,
                  num_key_value_heads=8, head_dim=128, intermediate_size=3072,
@@ -94,7 +98,7 @@ def bench_baseline(config, device, batch: int, seq: int, warmup: int, steps: int
 
 
 def bench_ours(config, device, batch: int, seq: int, warmup: int, steps: int,
-               compiled: bool, activation_checkpointing: bool, attention: str,
+               compiled: bool, activation_checkpointing: bool, attention: str, loss: str,
                profile: bool = False) -> dict:
     from transformers import Qwen3ForCausalLM
 
@@ -111,6 +115,9 @@ def bench_ours(config, device, batch: int, seq: int, warmup: int, steps: int,
     if compiled:
         compile_layers(model)
     model = shard_model(model, device)
+    if loss == "chunked":  # as train/sft.py registers it
+        model.packed_nll = partial(packed_nll, model)
+        register_fsdp_forward_method(model, "packed_nll")
     opt = adamw(model, 1e-5, 0.0, device)
 
     rng = np.random.default_rng(0)
@@ -128,8 +135,12 @@ def bench_ours(config, device, batch: int, seq: int, warmup: int, steps: int,
     keep = t["loss_mask"].bool()
 
     def step():
-        logits = packed_logits(model, t["input_ids"], t["position_ids"], keep)   # [N, V]
-        sft_loss(logits, t["labels"][keep]).backward()
+        if loss == "chunked":
+            (model.packed_nll(t["input_ids"], t["position_ids"], keep, t["labels"][keep])
+             / int(keep.sum())).backward()
+        else:
+            logits = packed_logits(model, t["input_ids"], t["position_ids"], keep)   # [N, V]
+            sft_loss(logits, t["labels"][keep]).backward()
         grad_norm_and_clip(model, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -149,7 +160,7 @@ def bench_ours(config, device, batch: int, seq: int, warmup: int, steps: int,
     return {"step_s": sec, "tokens_per_s": real / sec, "peak_mem_gb": peak_mem_gb(device),
             "pack_efficiency": round(real / (batch * seq), 4),
             "trained_fraction": round(int(keep.sum()) / real, 4),
-            "attention": config._attn_implementation,
+            "attention": config._attn_implementation, "loss": loss,
             "compile": compiled, "activation_checkpointing": activation_checkpointing}
 
 
@@ -165,6 +176,8 @@ def main() -> None:
     ap.add_argument("--activation-checkpointing", action="store_true")
     ap.add_argument("--attention", default="auto", choices=["auto", "sdpa", VARLEN],
                     help="ours: auto = what train/sft.py picks for the device")
+    ap.add_argument("--loss", default="auto", choices=["auto", "chunked", "logits"],
+                    help="ours: auto = what train/sft.py picks (chunked on GPUs)")
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--profile", action="store_true", help="print a kernel table to stderr")
     ap.add_argument("--threads", type=int, default=1,
@@ -194,9 +207,11 @@ def main() -> None:
     results = {}
     if not args.skip_baseline:
         results["baseline"] = bench_baseline(config, device, batch, seq, args.warmup, args.steps)
+    loss = args.loss if args.loss != "auto" else (
+        "chunked" if device.type == "cuda" else "logits")
     results["ours"] = bench_ours(config, device, batch, seq, args.warmup, args.steps,
                                  args.compile, args.activation_checkpointing, args.attention,
-                                 args.profile)
+                                 loss, args.profile)
     # Ours computes logits only at trained tokens: that lm_head work is not counted.
     flops = {"baseline": flops_tok, "ours": flops_per_token(
         config, n_params, seq, results["ours"]["trained_fraction"])}

@@ -166,6 +166,9 @@ class SFTConfig:
     lora_rank: int = 16
     compile: bool = False            # torch.compile each decoder layer (GPUs: ~1.5x faster)
     activation_checkpointing: bool = False  # recompute layers in backward: less memory
+    # lm_head + cross-entropy in row chunks, no [N, V] logits (sft.LinearCrossEntropy);
+    # None: on GPUs. Models with a biased/soft-capped/scaled lm_head keep the logits path.
+    chunked_loss: bool | None = None
     checkpoint_every: int = 50
     log_every: int = 10
 

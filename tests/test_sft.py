@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from stagent_ray.config import ModelConfig
 from stagent_ray.models.build import build_tiny_model
@@ -12,7 +13,8 @@ from stagent_ray.models.chat_format import format_tool_call, render_ids
 from stagent_ray.models.tokenizer import SYNTAX_LINES, train_tokenizer
 from stagent_ray.train.attention import VARLEN, register
 from stagent_ray.train.data import batch_rows, pack, steps_per_epoch, tokenize_rows
-from stagent_ray.train.sft import lr_factor, packed_logits, sft_loss
+from stagent_ray.train.sft import (LinearCrossEntropy, chunked_loss_supported, lr_factor,
+                                   packed_logits, packed_nll, sft_loss)
 
 TINY = ModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2,
                    num_kv_heads=1)
@@ -123,6 +125,70 @@ def test_packed_loss_equals_unpacked(tok, attn):
         assert abs(mean_loss_packed(model, leaky) - reference) > 1e-3
 
 
+@pytest.mark.parametrize("frozen_weight", [False, True])
+def test_chunked_cross_entropy_equals_full_logits(frozen_weight):
+    """LinearCrossEntropy (row chunks, gradients made in forward) gives the loss and the
+    gradients of CE over the whole [N, V] logits; a frozen weight (LoRA) gets none."""
+    torch.manual_seed(0)
+    hidden = torch.randn(10, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(13, 8, dtype=torch.float64, requires_grad=not frozen_weight)
+    labels = torch.randint(0, 13, (10,))
+    reference = F.cross_entropy(hidden @ weight.T, labels, reduction="sum")
+    want = torch.autograd.grad(reference * 0.7, [hidden] + [weight] * (not frozen_weight))
+    chunked = LinearCrossEntropy.apply(hidden, weight, labels, 3)         # chunks 3, 3, 3, 1
+    got = torch.autograd.grad(chunked * 0.7, [hidden] + [weight] * (not frozen_weight))
+    assert torch.allclose(chunked, reference, rtol=1e-12)
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, atol=1e-10)
+    if frozen_weight:
+        assert weight.grad is None
+
+
+@pytest.mark.parametrize("attn", ["sdpa", VARLEN])
+def test_chunked_loss_under_fsdp_equals_the_logits_path(tok, attn):
+    """The trainer's chunked path (decoder + LinearCrossEntropy, run as an FSDP forward
+    method on the sharded model) gives the loss and gradients of sft_loss(packed_logits)
+    on an unsharded copy, the tied embedding/lm_head weight included."""
+    import torch.distributed as dist
+    from functools import partial
+
+    from torch.distributed.fsdp import register_fsdp_forward_method
+
+    from stagent_ray.train.common import shard_model
+
+    register()
+    samples = [render_ids(tok, conversation(i)) for i in range(5)]
+    packed = pack(samples, 2 * max(len(ids) for ids, _ in samples), tok.pad_token_id)
+    t = {k: torch.from_numpy(packed[k]).long() for k in ("input_ids", "position_ids",
+                                                          "labels", "loss_mask")}
+    keep = t["loss_mask"].bool()
+    plain = build_tiny_model(TINY, tok, seed=3)
+    plain.config._attn_implementation = attn
+    assert chunked_loss_supported(plain)
+    n = int(keep.sum())
+    reference = sft_loss(packed_logits(plain, t["input_ids"], t["position_ids"], keep),
+                         t["labels"][keep]) * n
+    reference.backward()
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = build_tiny_model(TINY, tok, seed=3)
+        model.config._attn_implementation = attn
+        model = shard_model(model, torch.device("cpu"))
+        model.packed_nll = partial(packed_nll, model)
+        register_fsdp_forward_method(model, "packed_nll")
+        loss = model.packed_nll(t["input_ids"], t["position_ids"], keep, t["labels"][keep])
+        loss.backward()
+        assert abs(loss.item() - reference.item()) < 1e-4 * reference.item()
+        for name in ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
+                     "model.norm.weight"):
+            got = dict(model.named_parameters())[name].grad.full_tensor()
+            want = dict(plain.named_parameters())[name].grad
+            assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), name
+    finally:
+        dist.destroy_process_group()
+
+
 def test_batch_rows_is_a_function_of_the_step():
     n, B, seed = 10, 4, 7
     per_epoch = steps_per_epoch(n, B)
@@ -168,6 +234,24 @@ def test_varlen_kernel_matches_masked_sdpa_on_gpu(tok):
     (a, ga), (b, gb) = results["sdpa"], results[VARLEN]
     assert abs(a - b) < 2e-2 * abs(a)
     assert torch.nn.functional.cosine_similarity(ga.flatten(), gb.flatten(), dim=0) > 0.99
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_chunked_loss_matches_logits_in_bf16_on_gpu():
+    """The compiled chunk kernel in bf16 (what SFT runs on GPUs) against the full-logits CE:
+    a Qwen-sized vocabulary, several chunks."""
+    torch.manual_seed(0)
+    hidden = torch.randn(3000, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    weight = (torch.randn(151936, 256, device="cuda") / 16).to(torch.bfloat16).requires_grad_()
+    labels = torch.randint(0, 151936, (3000,), device="cuda")
+    reference = F.cross_entropy((hidden @ weight.T).float(), labels, reduction="sum")
+    want = torch.autograd.grad(reference, [hidden, weight])
+    chunked = LinearCrossEntropy.apply(hidden, weight, labels, 1024)
+    got = torch.autograd.grad(chunked, [hidden, weight])
+    assert abs(chunked.item() - reference.item()) < 1e-3 * reference.item()
+    for g, w in zip(got, want):
+        assert F.cosine_similarity(g.float().flatten(), w.float().flatten(), dim=0) > 0.999
 
 
 def test_truncated_training_checkpoint_names_itself(tok, tmp_path):

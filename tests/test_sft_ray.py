@@ -82,7 +82,9 @@ def read_metrics(run_dir: str) -> dict[int, dict]:
 def test_killed_run_resumes_and_exports(ray_session, run_dir):
     from ray.train import FailureConfig
 
-    cfg = make_cfg(run_dir)
+    # The chunked loss (the GPU default) here: its step-1 loss and grad norm over two FSDP
+    # ranks must equal the logits path run in one process (first_step_reference).
+    cfg = make_cfg(run_dir, chunked_loss=True)
     no_retry = FailureConfig(max_failures=0, controller_failure_limit=0)
     args = (cfg, run_dir, "sft0", "data/train.parquet", "ckpt/base", "ckpt/sft0", [])
     # Rank 0 is SIGKILLed as it starts step 7: steps 1-6 ran, the last checkpoint is step 4.
@@ -91,7 +93,7 @@ def test_killed_run_resumes_and_exports(ray_session, run_dir):
     with pytest.raises(Exception):
         run_sft(*args, max_steps=12, failure_config=no_retry, fail_at_step=7)
     first = read_metrics(run_dir)
-    assert sorted(first) == [1, 2, 3, 4, 5, 6]
+    assert sorted(first) == [1, 2, 3, 4, 5, 6] and first[1]["chunked_loss"] is True
     loss1, grad_norm1 = first_step_reference(run_dir)
     assert abs(first[1]["loss"] - loss1) < 1e-4          # token mean over the global batch
     assert abs(first[1]["grad_norm"] - grad_norm1) < 1e-4  # global norm over both shards

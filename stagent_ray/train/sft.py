@@ -35,10 +35,11 @@ import posixpath
 import signal
 import tempfile
 import time
-from functools import partial
+from functools import cache, partial
 
 import torch
 import torch.nn.functional as F
+from torch.distributed.fsdp import register_fsdp_forward_method
 
 from stagent_ray.config import SFTConfig
 from stagent_ray.train.attention import VARLEN, flat_inputs
@@ -78,6 +79,89 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor
     if num_loss_tokens is None:
         num_loss_tokens = max(1, labels.numel())
     return nll / num_loss_tokens
+
+
+def _ce_and_grad(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [n, V], labels [n] -> (summed CE [], dCE/dlogits [n, V] in the logits' dtype).
+    The softmax is taken in (at least) fp32 and not kept: the gradient is softmax - one_hot."""
+    z = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    lse = torch.logsumexp(z, dim=-1)                                      # [n]
+    nll = (lse - z.gather(1, labels[:, None]).squeeze(1)).sum()
+    grad = torch.exp(z - lse[:, None])                                    # [n, V]
+    grad.scatter_add_(1, labels[:, None], torch.full_like(lse[:, None], -1.0))
+    return nll, grad.to(logits.dtype)
+
+
+@cache
+def _ce_and_grad_compiled():
+    """On GPUs one fused kernel per chunk: it reads the bf16 logits twice and writes the bf16
+    gradient, where eager makes ~6 passes over fp32 copies. dynamic: the last chunk is
+    shorter."""
+    return torch.compile(_ce_and_grad, dynamic=True)
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Summed CE of hidden @ weight.T against labels, `chunk` rows at a time, so that the
+    [N, V] logits never exist at once (Qwen's 150k vocabulary makes them the largest tensor
+    of a step: [16k, 150k] in fp32 is 10 GB). Forward computes the gradients too, chunk by
+    chunk, and keeps only those ([N, d] and [V, d]); backward scales them."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, chunk):
+        # hidden [N, d], weight [V, d], labels [N] -> []
+        want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if want_hidden else None
+        grad_weight = (torch.zeros(weight.shape, device=weight.device,
+                                   dtype=torch.promote_types(weight.dtype, torch.float32))
+                       if want_weight else None)
+        total = torch.zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32),
+                            device=hidden.device)
+        ce = _ce_and_grad_compiled() if hidden.is_cuda else _ce_and_grad
+        for a in range(0, hidden.shape[0], chunk):
+            h = hidden[a:a + chunk]                                       # [n, d]
+            nll, grad = ce(h @ weight.T, labels[a:a + chunk])             # [], [n, V]
+            total += nll
+            if want_hidden:
+                grad_hidden[a:a + chunk] = grad @ weight                  # [n, d]
+            if want_weight:
+                grad_weight += grad.T @ h                                 # [V, d], fp32 sum
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if want_weight else None)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return (grad_hidden * grad_total if grad_hidden is not None else None,
+                grad_weight * grad_total if grad_weight is not None else None, None, None)
+
+
+def chunked_loss_supported(model) -> bool:
+    """True when the model's logits are plain lm_head(final hidden state): no bias, no
+    soft-capping or scaling (Gemma, Cohere, Granite keep the logits path)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    return (type(head) is torch.nn.Linear and head.bias is None
+            and all(getattr(base.config, key, None) in (None, 1, 1.0)
+                    for key in ("final_logit_softcapping", "logit_scale", "logits_scaling")))
+
+
+def packed_nll(model, input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor,
+               labels: torch.Tensor) -> torch.Tensor:
+    """The summed CE of packed_logits(model, ..., keep) against labels [N], without the
+    [N, V] logits: the decoder's hidden states at the kept positions go through
+    LinearCrossEntropy with the lm_head weight. Under FSDP this runs outside forward(), so
+    the trainer registers it as a forward method (register_fsdp_forward_method)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    B, T = input_ids.shape
+    kwargs = (flat_inputs(input_ids, position_ids)
+              if base.config._attn_implementation in FLAT_ATTENTION
+              else {"input_ids": input_ids, "position_ids": position_ids})
+    hidden = base.get_decoder()(**kwargs, use_cache=False).last_hidden_state  # [1|B, ·, d]
+    hidden = hidden.reshape(B, T, -1)[keep]                                  # [N, d]
+    weight = base.get_output_embeddings().weight                             # [V, d]
+    # ~1 GB of bf16 logits a chunk; fewer chunks, fewer passes over the fp32 [V, d] sum
+    chunk = max(256, 2**29 // weight.shape[0])
+    return LinearCrossEntropy.apply(hidden, weight, labels, chunk)
 
 
 def packed_logits(model, input_ids: torch.Tensor, position_ids: torch.Tensor,
@@ -148,7 +232,13 @@ def train_loop(config: dict) -> None:
     trained = float(data["loss_mask"].sum() / data["real_tokens"].sum())  # lm_head share
     flops_tok = flops_per_token(model.config, n_params, config["seq_len"], trained)
     peak = peak_flops(device)
+    chunked = config["chunked_loss"]
+    chunked = (device.type == "cuda" if chunked is None else chunked) and \
+        chunked_loss_supported(model)
     model = shard_model(model, device)
+    if chunked:  # it runs the decoder and reads the lm_head outside forward(): tell FSDP
+        model.packed_nll = partial(packed_nll, model)
+        register_fsdp_forward_method(model, "packed_nll")
     optimizer = adamw(model, config["lr"], config["weight_decay"], device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, partial(lr_factor, warmup=config["warmup_steps"], total=total))
@@ -182,10 +272,14 @@ def train_loop(config: dict) -> None:
             inputs = {key: torch.from_numpy(data[key][idx]).long().to(device)
                       for key in ("input_ids", "position_ids", "labels", "loss_mask")}
             keep = inputs["loss_mask"].bool()
-            logits = packed_logits(model, inputs["input_ids"], inputs["position_ids"], keep)
+            args = (inputs["input_ids"], inputs["position_ids"], keep)
             # FSDP averages gradients over ranks; x world turns that back into the sum of
             # every rank's share / n_loss, i.e. the mean over the step's assistant tokens.
-            loss = sft_loss(logits, inputs["labels"][keep], None, n_loss) * world
+            if chunked:
+                loss = model.packed_nll(*args, inputs["labels"][keep]) / n_loss * world
+            else:
+                loss = sft_loss(packed_logits(model, *args), inputs["labels"][keep], None,
+                                n_loss) * world
             loss.backward()
             step_loss += loss.detach() / world
         grad_norm = grad_norm_and_clip(model, config["grad_clip"])
@@ -208,7 +302,8 @@ def train_loop(config: dict) -> None:
         metrics = {"step": done, "epoch": round(done / per_epoch, 4),
                    "loss": all_reduce_sum(float(step_loss), device), "lr": lr,
                    "grad_norm": float(grad_norm), "tokens_per_s": window_tokens / elapsed,
-                   "tokens_seen": tokens_seen, "train_time_s": train_time, "start_step": start}
+                   "tokens_seen": tokens_seen, "train_time_s": train_time, "start_step": start,
+                   "chunked_loss": chunked}
         if peak:
             metrics["mfu"] = flops_tok * metrics["tokens_per_s"] / (peak * world)
         history.append(metrics)
@@ -314,7 +409,7 @@ def run_sft(cfg, run_dir: str, stage: str, data_relative: str, init_checkpoint: 
               "lr": sft.lr, "weight_decay": sft.weight_decay, "warmup_steps": sft.warmup_steps,
               "grad_clip": sft.grad_clip, "lora_rank": sft.lora_rank if sft.lora else 0,
               "merge_lora": merge_lora, "activation_checkpointing": sft.activation_checkpointing,
-              "compile": sft.compile,
+              "compile": sft.compile, "chunked_loss": sft.chunked_loss,
               "log_every": sft.log_every, "checkpoint_every": sft.checkpoint_every,
               "fail_at_step": fail_at_step}
     result = fit_on_ray_train(train_loop, config, name, run_dir, sft.num_workers,
