@@ -8,6 +8,8 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 timeout 150 python -m pytest -q -m gpu -p no:cacheprovider tests/test_sft.py tests/test_hf_engine.py 2>&1 | tail -15
+# attention kernels for packed rows (varlen flash vs cuDNN ragged), then the SFT step
+timeout 120 python scripts/bench_attention.py | tee -a "$OUT/attention_gpu.jsonl"
 BENCH="python scripts/bench_sft.py --steps 10 --warmup 3"
 # ours as train/sft.py runs it on GPUs (varlen attention, compiled layers, chunked loss),
 # with the baseline; then the full-logits loss, and the larger batches the chunked loss fits
