@@ -206,7 +206,8 @@ class HFEngine(TokenEngine):
             self._decode_logits = torch.compile(self._decode_forward, mode="reduce-overhead",
                                                 dynamic=False)
         self.last_stats: dict = {}  # decode steps, prefills, compactions of the last generate()
-        # Streams run the decode loop on this one thread: CUDA graphs are recorded per thread
+        # generate() and streams run the decode loop on this one thread: CUDA graphs are
+        # recorded per thread, and the KV cache is the engine's
         self._stream_thread = ThreadPoolExecutor(1, thread_name_prefix="hf-decode")
 
     def _decode_forward(self, input_ids, position_ids, attention_mask):
@@ -233,7 +234,10 @@ class HFEngine(TokenEngine):
         def deliver(key: int, gen: Generation, step: int) -> None:
             results[key] = gen
 
-        self._decode_loop(take, deliver, sampling, max(map(len, prompts)), n)
+        # On the decode thread, like streams: one thread records and replays the CUDA graphs,
+        # and calls from several threads (they share the KV cache) run one after another.
+        self._stream_thread.submit(self._decode_loop, take, deliver, sampling,
+                                   max(map(len, prompts)), n).result()
         return results
 
     def stream(self, sampling: SamplingParams, max_prompt_len: int, episodes: int,

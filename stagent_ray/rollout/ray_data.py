@@ -33,10 +33,6 @@ from stagent_ray.runio import filesystem, read_table, row_to_query, run_path, wr
 logger = logging.getLogger(__name__)
 
 
-def episode_seed(query_id: str, index: int, salt: int = 0) -> int:
-    return int(hashlib.sha1(f"{query_id}:{index}:{salt}".encode()).hexdigest()[:8], 16)
-
-
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples with c passes (Chen et al. 2021)."""
     if n - c < k:
@@ -149,10 +145,10 @@ class RolloutActor:
     def run(self, episodes: list[tuple], fault_key: str) -> list:
         """Roll out each (query, rollout index) once."""
         from stagent_ray.rollout.agent_loop import run_episodes, run_message_episodes
-        from stagent_ray.rollout.engine import SamplingParams
+        from stagent_ray.rollout.engine import SamplingParams, derive_seed
 
         agent = self.cfg.agent
-        seeds = [episode_seed(q.query_id, i, self.salt) for q, i in episodes]
+        seeds = [derive_seed(q.query_id, i, self.salt) for q, i in episodes]
         if self.message_engine is not None:
             return run_message_episodes(self.message_engine, self.executor,
                                         [q for q, _ in episodes], agent, seeds,

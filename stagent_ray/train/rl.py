@@ -123,8 +123,8 @@ def rl_loop(config: dict) -> None:
     from stagent_ray.config import config_from_dict
     from stagent_ray.reward import make_scorer, score_episode
     from stagent_ray.rollout.agent_loop import run_episodes
-    from stagent_ray.rollout.engine import SamplingParams, with_faults
-    from stagent_ray.rollout.ray_data import episode_seed, sum_faults
+    from stagent_ray.rollout.engine import SamplingParams, derive_seed, with_faults
+    from stagent_ray.rollout.ray_data import sum_faults
     from stagent_ray.runio import row_to_query
     from stagent_ray.world.backends import executor_from_config
 
@@ -222,7 +222,7 @@ def rl_loop(config: dict) -> None:
             queries = [row_to_query(prompts[i]) for i in mine]
             trajs = run_episodes(engine, executor,
                                  [(q.query_id, q.text) for q in queries for _ in range(G)],
-                                 SamplingParams(**sampling_base, seed=episode_seed(
+                                 SamplingParams(**sampling_base, seed=derive_seed(
                                      f"rl{step}", round_, rank)), cfg.agent,
                                  fault_key=f"rl{step}/{round_}/{rank}") if queries else []
             times["rollout"] += time.perf_counter() - t
