@@ -136,6 +136,20 @@ def test_seeded_determinism(tok, model):
     assert [o.token_ids for o in a] != [o.token_ids for o in c]
 
 
+def test_generate_from_several_threads_takes_turns(tok, model):
+    """Serve replicas and tests may call one engine from several threads; the engine has
+    one KV cache, so the calls must not interleave: each gets what it gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine = HFEngine(model, tok, device="cpu", max_batch_size=3)
+    jobs = [(random_prompts(tok, 5, seed=s), SamplingParams(temperature=1.0, max_new_tokens=12,
+                                                            seed=s)) for s in range(4)]
+    alone = [engine.generate(p, sp) for p, sp in jobs]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda job: engine.generate(*job), jobs))
+    assert together == alone
+
+
 def test_top_k_1_and_tiny_top_p_equal_greedy(tok, model):
     prompts = random_prompts(tok, 5, seed=5)
     engine = HFEngine(model, tok, device="cpu", max_batch_size=3)
