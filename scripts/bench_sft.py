@@ -27,12 +27,10 @@ import json
 import os
 import sys
 import time
-from functools import partial
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.distributed.fsdp import register_fsdp_forward_method
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -41,7 +39,7 @@ from stagent_ray.train.common import (adamw, attention_for, compile_layers,  # n
                                       shard_model)
 from stagent_ray.train.attention import VARLEN, register  # noqa: E402
 from stagent_ray.train.data import pack  # noqa: E402
-from stagent_ray.train.sft import packed_logits, packed_nll, sft_loss  # noqa: E402
+from stagent_ray.train.sft import attach_packed_nll, packed_logits, sft_loss  # noqa: E402
 
 QWEN3_06B = dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16,
                  num_key_value_heads=8, head_dim=128, intermediate_size=3072,
@@ -115,9 +113,8 @@ def bench_ours(config, device, batch: int, seq: int, warmup: int, steps: int,
     if compiled:
         compile_layers(model)
     model = shard_model(model, device)
-    if loss == "chunked":  # as train/sft.py registers it
-        model.packed_nll = partial(packed_nll, model)
-        register_fsdp_forward_method(model, "packed_nll")
+    if loss == "chunked":
+        attach_packed_nll(model)
     opt = adamw(model, 1e-5, 0.0, device)
 
     rng = np.random.default_rng(0)

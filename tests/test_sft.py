@@ -13,8 +13,8 @@ from stagent_ray.models.chat_format import format_tool_call, render_ids
 from stagent_ray.models.tokenizer import SYNTAX_LINES, train_tokenizer
 from stagent_ray.train.attention import VARLEN, register
 from stagent_ray.train.data import batch_rows, pack, steps_per_epoch, tokenize_rows
-from stagent_ray.train.sft import (LinearCrossEntropy, chunked_loss_supported, lr_factor,
-                                   packed_logits, packed_nll, sft_loss)
+from stagent_ray.train.sft import (LinearCrossEntropy, attach_packed_nll, chunked_loss_supported,
+                                   lr_factor, packed_logits, sft_loss)
 
 TINY = ModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2,
                    num_kv_heads=1)
@@ -150,9 +150,6 @@ def test_chunked_loss_under_fsdp_equals_the_logits_path(tok, attn):
     method on the sharded model) gives the loss and gradients of sft_loss(packed_logits)
     on an unsharded copy, the tied embedding/lm_head weight included."""
     import torch.distributed as dist
-    from functools import partial
-
-    from torch.distributed.fsdp import register_fsdp_forward_method
 
     from stagent_ray.train.common import shard_model
 
@@ -175,8 +172,7 @@ def test_chunked_loss_under_fsdp_equals_the_logits_path(tok, attn):
         model = build_tiny_model(TINY, tok, seed=3)
         model.config._attn_implementation = attn
         model = shard_model(model, torch.device("cpu"))
-        model.packed_nll = partial(packed_nll, model)
-        register_fsdp_forward_method(model, "packed_nll")
+        attach_packed_nll(model)
         loss = model.packed_nll(t["input_ids"], t["position_ids"], keep, t["labels"][keep])
         loss.backward()
         assert abs(loss.item() - reference.item()) < 1e-4 * reference.item()

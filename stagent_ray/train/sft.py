@@ -149,8 +149,8 @@ def packed_nll(model, input_ids: torch.Tensor, position_ids: torch.Tensor, keep:
                labels: torch.Tensor) -> torch.Tensor:
     """The summed CE of packed_logits(model, ..., keep) against labels [N], without the
     [N, V] logits: the decoder's hidden states at the kept positions go through
-    LinearCrossEntropy with the lm_head weight. Under FSDP this runs outside forward(), so
-    the trainer registers it as a forward method (register_fsdp_forward_method)."""
+    LinearCrossEntropy with the lm_head weight. Under FSDP this runs outside forward():
+    call it as the method attach_packed_nll gives the sharded model."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     B, T = input_ids.shape
     kwargs = (flat_inputs(input_ids, position_ids)
@@ -162,6 +162,13 @@ def packed_nll(model, input_ids: torch.Tensor, position_ids: torch.Tensor, keep:
     # ~1 GB of bf16 logits a chunk; fewer chunks, fewer passes over the fp32 [V, d] sum
     chunk = max(256, 2**29 // weight.shape[0])
     return LinearCrossEntropy.apply(hidden, weight, labels, chunk)
+
+
+def attach_packed_nll(model) -> None:
+    """Give the sharded model a `packed_nll(input_ids, position_ids, keep, labels)` method
+    that FSDP treats as a forward (gathers the weights it reads outside forward())."""
+    model.packed_nll = partial(packed_nll, model)
+    register_fsdp_forward_method(model, "packed_nll")
 
 
 def packed_logits(model, input_ids: torch.Tensor, position_ids: torch.Tensor,
@@ -236,9 +243,8 @@ def train_loop(config: dict) -> None:
     chunked = (device.type == "cuda" if chunked is None else chunked) and \
         chunked_loss_supported(model)
     model = shard_model(model, device)
-    if chunked:  # it runs the decoder and reads the lm_head outside forward(): tell FSDP
-        model.packed_nll = partial(packed_nll, model)
-        register_fsdp_forward_method(model, "packed_nll")
+    if chunked:
+        attach_packed_nll(model)
     optimizer = adamw(model, config["lr"], config["weight_decay"], device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, partial(lr_factor, warmup=config["warmup_steps"], total=total))
