@@ -39,7 +39,8 @@ from stagent_ray.train.common import (adamw, attention_for, compile_layers,  # n
                                       shard_model)
 from stagent_ray.train.attention import VARLEN, register  # noqa: E402
 from stagent_ray.train.data import pack  # noqa: E402
-from stagent_ray.train.sft import attach_packed_nll, packed_logits, sft_loss  # noqa: E402
+from stagent_ray.train.sft import (CHUNKED_LOSS_MIN_VOCAB, attach_packed_nll,  # noqa: E402
+                                   packed_logits, sft_loss)
 
 QWEN3_06B = dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16,
                  num_key_value_heads=8, head_dim=128, intermediate_size=3072,
@@ -174,7 +175,7 @@ def main() -> None:
     ap.add_argument("--attention", default="auto", choices=["auto", "sdpa", VARLEN],
                     help="ours: auto = what train/sft.py picks for the device")
     ap.add_argument("--loss", default="auto", choices=["auto", "chunked", "logits"],
-                    help="ours: auto = what train/sft.py picks (chunked on GPUs)")
+                    help="ours: auto = what train/sft.py picks (chunked on GPUs, large vocab)")
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--profile", action="store_true", help="print a kernel table to stderr")
     ap.add_argument("--threads", type=int, default=1,
@@ -205,7 +206,8 @@ def main() -> None:
     if not args.skip_baseline:
         results["baseline"] = bench_baseline(config, device, batch, seq, args.warmup, args.steps)
     loss = args.loss if args.loss != "auto" else (
-        "chunked" if device.type == "cuda" else "logits")
+        "chunked" if device.type == "cuda" and config.vocab_size >= CHUNKED_LOSS_MIN_VOCAB
+        else "logits")
     results["ours"] = bench_ours(config, device, batch, seq, args.warmup, args.steps,
                                  args.compile, args.activation_checkpointing, args.attention,
                                  loss, args.profile)

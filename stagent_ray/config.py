@@ -167,7 +167,8 @@ class SFTConfig:
     compile: bool = False            # torch.compile each decoder layer (GPUs: ~1.5x faster)
     activation_checkpointing: bool = False  # recompute layers in backward: less memory
     # lm_head + cross-entropy in row chunks, no [N, V] logits (sft.LinearCrossEntropy);
-    # None: on GPUs. Models with a biased/soft-capped/scaled lm_head keep the logits path.
+    # None: on GPUs for vocabularies of 32k and up. Models with a biased, soft-capped or
+    # scaled lm_head keep the logits path.
     chunked_loss: bool | None = None
     checkpoint_every: int = 50
     log_every: int = 10

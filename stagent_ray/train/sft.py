@@ -54,6 +54,9 @@ from stagent_ray.train.data import (batch_rows, fingerprint, pack, steps_per_epo
 
 logger = logging.getLogger(__name__)
 FLAT_ATTENTION = {"flash_attention_2", VARLEN}  # read sample borders from cu_seq_lens
+# sft.chunked_loss=None turns the chunked loss on for GPUs at this vocabulary size and up:
+# below it the [N, V] logits are small and compiling the chunk kernel costs more than it saves
+CHUNKED_LOSS_MIN_VOCAB = 32768
 MIN_LR_RATIO = 0.1        # cosine decays to 10% of the peak lr (no config field yet)
 CHECKPOINTS_TO_KEEP = 2
 
@@ -240,8 +243,9 @@ def train_loop(config: dict) -> None:
     flops_tok = flops_per_token(model.config, n_params, config["seq_len"], trained)
     peak = peak_flops(device)
     chunked = config["chunked_loss"]
-    chunked = (device.type == "cuda" if chunked is None else chunked) and \
-        chunked_loss_supported(model)
+    if chunked is None:
+        chunked = device.type == "cuda" and model.config.vocab_size >= CHUNKED_LOSS_MIN_VOCAB
+    chunked = chunked and chunked_loss_supported(model)
     model = shard_model(model, device)
     if chunked:
         attach_packed_nll(model)
