@@ -117,13 +117,16 @@ def test_lora_resumes_trains_and_exports_merged(ray_session, run_dir):
     from ray.train import FailureConfig
     from transformers import AutoModelForCausalLM
 
-    cfg = make_cfg(run_dir, lora=True, lora_rank=4, lr=1e-2, checkpoint_every=3)
+    # The chunked loss through the peft wrapper, with the lm_head frozen (no weight gradient).
+    cfg = make_cfg(run_dir, lora=True, lora_rank=4, lr=1e-2, checkpoint_every=3,
+                   chunked_loss=True)
     no_retry = FailureConfig(max_failures=0, controller_failure_limit=0)
     args = (cfg, run_dir, "sft0", "data/train.parquet", "ckpt/base", "ckpt/lora", [])
     # LoRA checkpoints hold only the adapters (+ their optimizer state): resume must work too.
     with pytest.raises(Exception):
         run_sft(*args, max_steps=8, failure_config=no_retry, fail_at_step=6)  # 2 reports after 3
     first = read_metrics(run_dir)
+    assert first[1]["chunked_loss"] is True
     summary = run_sft(*args, max_steps=8, failure_config=no_retry)
     assert summary["steps"] == 8 and summary["resumed_from_step"] == 3
     second = read_metrics(run_dir)

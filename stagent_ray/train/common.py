@@ -131,9 +131,14 @@ def attention_for(device: torch.device, packed: bool = True) -> str:
     return "sdpa"
 
 
+def base_model(model):
+    """The transformers model inside a peft wrapper (the model itself without LoRA)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def decoder_layers(model) -> list:
     """The model's repeated blocks (the modules its class names in _no_split_modules)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     layer_types = set(getattr(base, "_no_split_modules", None) or [])
     if not layer_types:
         raise ValueError(f"{type(base).__name__} names no _no_split_modules: "

@@ -43,12 +43,11 @@ from torch.distributed.fsdp import register_fsdp_forward_method
 
 from stagent_ray.config import SFTConfig
 from stagent_ray.train.attention import VARLEN, flat_inputs
-from stagent_ray.train.common import (adamw, all_reduce_sum, attention_for, compile_layers,
-                                      export_hf,
-                                      fit_on_ray_train, storage_path,
+from stagent_ray.train.common import (adamw, all_reduce_sum, attention_for, base_model,
+                                      compile_layers, export_hf, fit_on_ray_train,
                                       flops_per_token, grad_norm_and_clip, load_for_training,
                                       load_train_state, local_model_dir, peak_flops, publish_dir,
-                                      save_train_state, shard_model, write_jsonl)
+                                      save_train_state, shard_model, storage_path, write_jsonl)
 from stagent_ray.train.data import (batch_rows, fingerprint, pack, steps_per_epoch,
                                     tokenize_rows)
 
@@ -141,7 +140,7 @@ class LinearCrossEntropy(torch.autograd.Function):
 def chunked_loss_supported(model) -> bool:
     """True when the model's logits are plain lm_head(final hidden state): no bias, no
     soft-capping or scaling (Gemma, Cohere, Granite keep the logits path)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     head = base.get_output_embeddings()
     return (type(head) is torch.nn.Linear and head.bias is None
             and all(getattr(base.config, key, None) in (None, 1, 1.0)
@@ -154,7 +153,7 @@ def packed_nll(model, input_ids: torch.Tensor, position_ids: torch.Tensor, keep:
     [N, V] logits: the decoder's hidden states at the kept positions go through
     LinearCrossEntropy with the lm_head weight. Under FSDP this runs outside forward():
     call it as the method attach_packed_nll gives the sharded model."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     B, T = input_ids.shape
     kwargs = (flat_inputs(input_ids, position_ids)
               if base.config._attn_implementation in FLAT_ATTENTION
