@@ -39,8 +39,8 @@ from stagent_ray.train.common import (adamw, attention_for, compile_layers,  # n
                                       shard_model)
 from stagent_ray.train.attention import VARLEN, register  # noqa: E402
 from stagent_ray.train.data import pack  # noqa: E402
-from stagent_ray.train.sft import (CHUNKED_LOSS_MIN_VOCAB, attach_packed_nll,  # noqa: E402
-                                   packed_logits, sft_loss)
+from stagent_ray.train.sft import (attach_packed_nll, packed_loss,  # noqa: E402
+                                   use_chunked_loss)
 
 QWEN3_06B = dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16,
                  num_key_value_heads=8, head_dim=128, intermediate_size=3072,
@@ -113,8 +113,10 @@ def bench_ours(config, device, batch: int, seq: int, warmup: int, steps: int,
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if compiled:
         compile_layers(model)
+    chunked = use_chunked_loss({"auto": None, "chunked": True, "logits": False}[loss], model,
+                               device)
     model = shard_model(model, device)
-    if loss == "chunked":
+    if chunked:
         attach_packed_nll(model)
     opt = adamw(model, 1e-5, 0.0, device)
 
@@ -133,12 +135,8 @@ def bench_ours(config, device, batch: int, seq: int, warmup: int, steps: int,
     keep = t["loss_mask"].bool()
 
     def step():
-        if loss == "chunked":
-            (model.packed_nll(t["input_ids"], t["position_ids"], keep, t["labels"][keep])
-             / int(keep.sum())).backward()
-        else:
-            logits = packed_logits(model, t["input_ids"], t["position_ids"], keep)   # [N, V]
-            sft_loss(logits, t["labels"][keep]).backward()
+        packed_loss(model, chunked, t["input_ids"], t["position_ids"], keep, t["labels"][keep],
+                    int(keep.sum())).backward()
         grad_norm_and_clip(model, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -158,7 +156,8 @@ def bench_ours(config, device, batch: int, seq: int, warmup: int, steps: int,
     return {"step_s": sec, "tokens_per_s": real / sec, "peak_mem_gb": peak_mem_gb(device),
             "pack_efficiency": round(real / (batch * seq), 4),
             "trained_fraction": round(int(keep.sum()) / real, 4),
-            "attention": config._attn_implementation, "loss": loss,
+            "attention": config._attn_implementation,
+            "loss": "chunked" if chunked else "logits",
             "compile": compiled, "activation_checkpointing": activation_checkpointing}
 
 
@@ -205,12 +204,9 @@ def main() -> None:
     results = {}
     if not args.skip_baseline:
         results["baseline"] = bench_baseline(config, device, batch, seq, args.warmup, args.steps)
-    loss = args.loss if args.loss != "auto" else (
-        "chunked" if device.type == "cuda" and config.vocab_size >= CHUNKED_LOSS_MIN_VOCAB
-        else "logits")
     results["ours"] = bench_ours(config, device, batch, seq, args.warmup, args.steps,
                                  args.compile, args.activation_checkpointing, args.attention,
-                                 loss, args.profile)
+                                 args.loss, args.profile)
     # Ours computes logits only at trained tokens: that lm_head work is not counted.
     flops = {"baseline": flops_tok, "ours": flops_per_token(
         config, n_params, seq, results["ours"]["trained_fraction"])}

@@ -166,6 +166,25 @@ def packed_nll(model, input_ids: torch.Tensor, position_ids: torch.Tensor, keep:
     return LinearCrossEntropy.apply(hidden, weight, labels, chunk)
 
 
+def use_chunked_loss(setting: bool | None, model, device: torch.device) -> bool:
+    """sft.chunked_loss resolved for this model and device: None means on GPUs for
+    vocabularies of CHUNKED_LOSS_MIN_VOCAB and up; never for a lm_head that is not plain."""
+    if setting is None:
+        setting = device.type == "cuda" and model.config.vocab_size >= CHUNKED_LOSS_MIN_VOCAB
+    return setting and chunked_loss_supported(model)
+
+
+def packed_loss(model, chunked: bool, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                keep: torch.Tensor, labels: torch.Tensor,
+                num_loss_tokens: int | torch.Tensor) -> torch.Tensor:
+    """The SFT loss of packed rows: the summed CE of the kept tokens (labels [N]) over
+    num_loss_tokens, through the chunked loss (attach_packed_nll first) or the logits."""
+    if chunked:
+        return model.packed_nll(input_ids, position_ids, keep, labels) / num_loss_tokens
+    return sft_loss(packed_logits(model, input_ids, position_ids, keep), labels, None,
+                    num_loss_tokens)
+
+
 def attach_packed_nll(model) -> None:
     """Give the sharded model a `packed_nll(input_ids, position_ids, keep, labels)` method
     that FSDP treats as a forward (gathers the weights it reads outside forward())."""
@@ -241,10 +260,7 @@ def train_loop(config: dict) -> None:
     trained = float(data["loss_mask"].sum() / data["real_tokens"].sum())  # lm_head share
     flops_tok = flops_per_token(model.config, n_params, config["seq_len"], trained)
     peak = peak_flops(device)
-    chunked = config["chunked_loss"]
-    if chunked is None:
-        chunked = device.type == "cuda" and model.config.vocab_size >= CHUNKED_LOSS_MIN_VOCAB
-    chunked = chunked and chunked_loss_supported(model)
+    chunked = use_chunked_loss(config["chunked_loss"], model, device)
     model = shard_model(model, device)
     if chunked:
         attach_packed_nll(model)
@@ -281,14 +297,10 @@ def train_loop(config: dict) -> None:
             inputs = {key: torch.from_numpy(data[key][idx]).long().to(device)
                       for key in ("input_ids", "position_ids", "labels", "loss_mask")}
             keep = inputs["loss_mask"].bool()
-            args = (inputs["input_ids"], inputs["position_ids"], keep)
             # FSDP averages gradients over ranks; x world turns that back into the sum of
             # every rank's share / n_loss, i.e. the mean over the step's assistant tokens.
-            if chunked:
-                loss = model.packed_nll(*args, inputs["labels"][keep]) / n_loss * world
-            else:
-                loss = sft_loss(packed_logits(model, *args), inputs["labels"][keep], None,
-                                n_loss) * world
+            loss = packed_loss(model, chunked, inputs["input_ids"], inputs["position_ids"],
+                               keep, inputs["labels"][keep], n_loss) * world
             loss.backward()
             step_loss += loss.detach() / world
         grad_norm = grad_norm_and_clip(model, config["grad_clip"])
