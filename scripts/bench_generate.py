@@ -12,12 +12,15 @@ Two modes, same prompts and sampling (temperature 1, no top-k/top-p) for both en
   next-token distribution, so a stop set of vocab/40 ids ends a row after ~40 tokens on average).
   `model.generate` runs the prompts in batches of `--batch` and each batch lasts as long as its
   longest row; HFEngine refills finished rows. Useful tokens (up to and including the stop) count.
+- attention: one static batch through the engine twice, with its decode attention (query heads
+  grouped onto their k/v head) and with transformers' SDPA (k/v repeated per query head).
 Models use random weights: speed does not depend on what they say.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 
@@ -122,7 +125,8 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompt-len", type=int, default=48, help="prompts get 1/2x..1x this")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    parser.add_argument("--mode", choices=["both", "static", "refill"], default="both")
+    parser.add_argument("--mode", choices=["both", "static", "refill", "attention"],
+                        default="both")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1, as in Ray workers; 0: torch's default)")
     parser.add_argument("--repeats", type=int, default=3, help="report the best of this many runs")
@@ -135,7 +139,8 @@ def main():
 
     model = build_model(args.model, device)
     vocab = model.config.vocab_size
-    engine = HFEngine(model, device=device, max_batch_size=args.batch,
+    # a copy: the engine switches its model to its own decode attention, the baseline keeps SDPA
+    engine = HFEngine(copy.deepcopy(model), device=device, max_batch_size=args.batch,
                       compile={"auto": None, "on": True, "off": False}[args.compile])
     g = torch.Generator().manual_seed(0)
 
@@ -160,6 +165,21 @@ def main():
         stop_ids = list(range(2, 2 + vocab // 40))
         report["refill"] = compare(model, engine, make_prompts(8 * args.batch), args.batch,
                                    args.new_tokens, stop_ids, device, args.repeats)
+    if args.mode == "attention":
+        sdpa_engine = HFEngine(copy.deepcopy(model), device=device, max_batch_size=args.batch,
+                               compile=engine.compile)
+        sdpa_engine.model.set_attn_implementation("sdpa")
+        run_engine(sdpa_engine, warm, args.new_tokens, [], device)
+        prompts = make_prompts(args.batch)
+        runs = {"sdpa_repeat_kv": [], "grouped": []}
+        for seed in range(args.repeats):  # alternating, best of each
+            runs["sdpa_repeat_kv"].append(run_engine(sdpa_engine, prompts, args.new_tokens, [],
+                                                     device, seed))
+            runs["grouped"].append(run_engine(engine, prompts, args.new_tokens, [], device, seed))
+        best = {k: min(r[0] for r in v) for k, v in runs.items()}
+        report["attention"] = {**{k: {"seconds": round(v, 3), "steps_per_s": round(
+            args.new_tokens / v, 2)} for k, v in best.items()}, "prompt_len": args.prompt_len,
+            "speedup": round(best["sdpa_repeat_kv"] / best["grouped"], 2)}
     print(json.dumps(report))
 
 

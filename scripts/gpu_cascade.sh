@@ -11,10 +11,15 @@ bash .device/install.sh || exit 1
 export PYTHONPATH=/tmp/site:$PWD RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 extra=()
-if ! timeout 90 python -m pytest -q -p no:cacheprovider tests/test_hf_engine.py -k cuda > "$OUT/gpu_tests.txt" 2>&1; then
-  tail -30 "$OUT/gpu_tests.txt"; extra=(policy.compile=true)  # the eager CUDA decode failed
+# the config decodes eagerly; fall back to CUDA graphs if that path fails its test
+# (SKIP_TESTS=1: a resumed run on the same machine)
+if [ -z "${SKIP_TESTS:-}" ]; then
+  if ! timeout 90 python -m pytest -q -p no:cacheprovider tests/test_hf_engine.py \
+      -k cuda > "$OUT/gpu_tests.txt" 2>&1; then
+    tail -30 "$OUT/gpu_tests.txt"; extra=(policy.compile=true)
+  fi
+  tail -1 "$OUT/gpu_tests.txt"
 fi
-tail -1 "$OUT/gpu_tests.txt"
 start=$(date +%s)
 timeout "${BUDGET_S:-520}" python scripts/bench_cascade.py --config configs/cascade_gpu.yaml \
   --seeds 0 --out "$OUT/cascade_gpu.json" "${extra[@]}" "$@" > "$OUT/bench_stdout.txt" 2> "$OUT/bench.log"

@@ -210,7 +210,7 @@ class RLConfig:
 
 @dataclass
 class EvalConfig:
-    pass_k: int = 4
+    pass_k: int = 4                  # sampled answers per query for pass@k; 0: greedy only
     temperature: float = 1.0
     checkpoints: list = field(default_factory=lambda: ["base", "sft0", "sft1", "rl"])
     teacher: bool = True
@@ -406,6 +406,8 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{dotted}: {value} is outside [0, 1]")
     if cfg.score.gpus_per_actor < 0:
         raise ConfigError(f"score.gpus_per_actor: {cfg.score.gpus_per_actor} must be >= 0")
+    if cfg.eval.pass_k < 0:
+        raise ConfigError(f"eval.pass_k: {cfg.eval.pass_k} must be >= 0 (0: greedy only)")
     _validate_faults(cfg.faults)
     if cfg.world.backend == "mcp" and not cfg.world.mcp_servers:
         raise ConfigError("world.mcp_servers: backend 'mcp' needs at least one server spec")

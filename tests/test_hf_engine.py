@@ -10,7 +10,8 @@ from stagent_ray.config import ModelConfig
 from stagent_ray.models.build import build_tiny_model, save_checkpoint
 from stagent_ray.models.tokenizer import SYNTAX_LINES, train_tokenizer
 from stagent_ray.rollout.engine import SamplingParams
-from stagent_ray.rollout.hf_engine import HFEngine, row_uniforms, sample_tokens
+from stagent_ray.rollout.hf_engine import (DECODE_ATTENTION, HFEngine, decode_attention,
+                                           row_uniforms, sample_tokens)
 
 SMALL = ModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2,
                     num_kv_heads=1)
@@ -158,6 +159,29 @@ def test_top_k_1_and_tiny_top_p_equal_greedy(tok, model):
                      SamplingParams(temperature=1.3, top_p=1e-6, max_new_tokens=10, seed=2)):
         outs = engine.generate(prompts, sampling)
         assert [o.token_ids for o in outs] == [o.token_ids for o in greedy]
+
+
+def test_decode_attention_groups_query_heads_like_repeated_kv(tok, model):
+    """One-token queries: grouped matmuls give SDPA's answer with k/v repeated per query head
+    (6 query heads on 2 k/v heads, so a wrong grouping order shows), masked columns ignored."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 6, 1, 8, generator=g)
+    k, v = torch.randn(3, 2, 11, 8, generator=g), torch.randn(3, 2, 11, 8, generator=g)
+    mask = torch.zeros(3, 1, 1, 11)
+    mask[0, ..., :4] = mask[2, ..., 7:] = torch.finfo(torch.float32).min
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal, module.training = 3, True, False
+    ours, _ = decode_attention(module, q, k, v, mask, scaling=0.3)
+    expected, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=0.3)
+    assert ours.shape == expected.shape == (3, 1, 6, 8)
+    assert torch.allclose(ours, expected, atol=1e-6)
+    changed = v.clone()
+    changed[0, :, :4] = 100.0  # columns row 0 must not see
+    assert torch.allclose(decode_attention(module, q, k, changed, mask, scaling=0.3)[0], ours)
+    engine = HFEngine(copy.deepcopy(model), tok, device="cpu")
+    assert engine.model.config._attn_implementation == DECODE_ATTENTION
 
 
 def test_sampler_draws_from_the_truncated_distribution():

@@ -61,3 +61,12 @@ def test_cascade_end_to_end_then_resume(ray_session, tmp_path, capsys):
     assert os.path.exists(os.path.join(run_dir, "report/pass_histogram.png"))
     html = open(os.path.join(run_dir, "report/index.html")).read()
     assert "Held-out evaluation" in html and "pass_histogram.png" in html
+
+    # eval.pass_k=0: greedy answers only (the greedy episodes are on disk already: resumed)
+    from stagent_ray.stages.evaluate import run_eval
+    greedy_only = load_config("configs/tiny.yaml", TINY + [
+        f"run_dir={run_dir}", "eval.pass_k=0", "eval.teacher=false", "eval.checkpoints=[rl]"])
+    summary = run_eval(greedy_only, run_dir)
+    assert set(summary) == {"rl"} and set(summary["rl"]) == {"verified_rate", "mean_reward"}
+    assert summary["rl"]["verified_rate"] == evals["rl"]["verified_rate"]
+    assert "sampled" not in json.load(open(os.path.join(run_dir, "eval/rl.json")))

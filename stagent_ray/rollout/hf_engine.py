@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -104,6 +105,44 @@ class SlotKVCache:
             t[:, :, :end - shift] = t[:, :, shift:end].clone()  # clone: the ranges overlap
         self.mask[..., :end - shift] = self.mask[..., shift:end].clone()
         self.mask[..., end - shift:] = torch.finfo(self.mask.dtype).min
+
+
+DECODE_ATTENTION = "stagent_decode"
+
+
+def decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                     **kwargs):
+    """A transformers attention function: SDPA, except for one-token queries (decode steps),
+    whose query heads are grouped onto their shared k/v head instead of k/v being repeated.
+    transformers' SDPA path repeats k/v to all query heads whenever a mask is given (CUDA's
+    kernels take no mask with GQA), which copies the whole cache window every step; decode
+    reads that window anyway, so two grouped matmuls are the cheaper way.
+    query [B, Hq, 1, D], key/value [B, Hkv, T, D], attention_mask additive [B, 1, 1, T] or None
+    -> ([B, 1, Hq, D], None)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if query.shape[2] != 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask,
+                                      scaling=scaling, dropout=dropout, **kwargs)
+    b, hq, _, d = query.shape
+    hkv = key.shape[1]
+    scale = d ** -0.5 if scaling is None else scaling
+    q = query.reshape(b, hkv, hq // hkv, d)                       # [B, Hkv, G, D]: head = kv*G + g
+    scores = torch.matmul(q, key.transpose(2, 3)) * scale         # [B, Hkv, G, T]
+    if attention_mask is not None:
+        scores = scores + attention_mask[..., :key.shape[2]]
+    probs = scores.float().softmax(-1).to(value.dtype)           # fp32 softmax, as HF's eager
+    out = torch.matmul(probs, value)                              # [B, Hkv, G, D]
+    return out.reshape(b, 1, hq, d), None                         # [B, 1, Hq, D]
+
+
+def register_decode_attention() -> None:
+    """Make `attn_implementation="stagent_decode"` known to transformers, with SDPA's masks."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    AttentionInterface.register(DECODE_ATTENTION, decode_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(DECODE_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
 
 
 MASK32 = 0xFFFFFFFF
@@ -187,9 +226,16 @@ class HFEngine(TokenEngine):
         if layer_types != {"full_attention"}:
             raise ValueError(f"HFEngine masks every layer as full attention; this model has "
                              f"{sorted(layer_types)} layers")
-        if model.config._attn_implementation not in ("sdpa", "eager"):
-            # our decode step passes its own 4D additive mask, which flash kernels do not take
-            model.set_attn_implementation("sdpa")
+        if model.config._attn_implementation != "eager":
+            # our decode step passes its own 4D additive mask, which flash kernels do not take;
+            # SDPA takes it, and decode_attention spares SDPA's k/v repeat on decode steps
+            try:
+                register_decode_attention()
+                model.set_attn_implementation(DECODE_ATTENTION)
+            except (ValueError, ImportError, KeyError) as exc:  # another transformers release
+                warnings.warn(f"HFEngine: {DECODE_ATTENTION} attention unavailable ({exc}); "
+                              "decoding with SDPA, which repeats k/v per query head")
+                model.set_attn_implementation("sdpa")
         self.model, self.tokenizer = model, tokenizer
         self.device = torch.device(device)
         self.dtype = next(model.parameters()).dtype

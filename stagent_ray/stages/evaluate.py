@@ -1,7 +1,7 @@
 """Stage `eval`: the held-out eval set through the teacher and every checkpoint.
 
 Each model answers every eval query greedily once (pass@1) and `eval.pass_k` times at
-`eval.temperature` (pass@k), with the same agent loop, tools and scorer as training. Per
+`eval.temperature` (pass@k; 0 skips these sampled runs), with the same agent loop, tools and scorer as training. Per
 model, overall and per family: verified rate, mean reward, rubric score, `[Unsolved]`
 accuracy on out-of-scope queries (and false `[Unsolved]` on solvable ones), tool calls and
 tool errors per episode. An episode the tool backend failed (`infra_fault`, see
@@ -104,11 +104,13 @@ def run_eval(cfg, run_dir: str) -> dict:
         if not exists(run_dir, f"ckpt/{name}/config.json"):
             continue
         engine = checkpoint_engine(cfg, run_dir, name)
+        sampled = [("sampled", cfg.eval.temperature, k)] if k > 0 else []  # 0: greedy only
         result = evaluate_model(cfg, run_dir, name, engine, eval_rows,
-                                [("greedy", 0.0, 1), ("sampled", cfg.eval.temperature, k)])
+                                [("greedy", 0.0, 1)] + sampled)
         write_json(run_dir, f"eval/{name}.json", result)
         summary[name] = {"verified_rate": result["greedy"]["overall"]["verified_rate"],
-                         "mean_reward": result["greedy"]["overall"]["mean_reward"],
-                         f"pass_at_{k}": result["sampled"]["pass_at_k"]}
+                         "mean_reward": result["greedy"]["overall"]["mean_reward"]}
+        if k > 0:
+            summary[name][f"pass_at_{k}"] = result["sampled"]["pass_at_k"]
     write_json(run_dir, "eval/summary.json", summary)
     return summary
