@@ -1,12 +1,13 @@
 """Stage `eval`: the held-out eval set through the teacher and every checkpoint.
 
 Each model answers every eval query greedily once (pass@1) and `eval.pass_k` times at
-`eval.temperature` (pass@k; 0 skips these sampled runs), with the same agent loop, tools and scorer as training. Per
-model, overall and per family: verified rate, mean reward, rubric score, `[Unsolved]`
-accuracy on out-of-scope queries (and false `[Unsolved]` on solvable ones), tool calls and
-tool errors per episode. An episode the tool backend failed (`infra_fault`, see
-rollout/ray_data.py) is not the model's doing: it is left out of these numbers and counted
-beside them with the faults met. Outputs: eval/<model>.json and eval/summary.json.
+`eval.temperature` (pass@k; 0 skips these sampled runs), with the same agent loop, tools and
+scorer as training. Per model, overall and per family: verified rate, mean reward, rubric
+score, `[Unsolved]` accuracy on out-of-scope queries (and false `[Unsolved]` on solvable
+ones), tool calls and tool errors per episode. An episode the tool backend failed
+(`infra_fault`, see rollout/ray_data.py) is not the model's doing: it is left out of these
+numbers and counted beside them with the faults met. Outputs: eval/<model>.json and
+eval/summary.json.
 """
 
 from __future__ import annotations
