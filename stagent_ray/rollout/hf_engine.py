@@ -37,8 +37,11 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
-from stagent_ray.models.build import DTYPES
+from stagent_ray.models.build import DTYPES  # imports transformers anyway
 from stagent_ray.rollout.engine import Generation, SamplingParams, TokenEngine, prompt_seeds
 
 
@@ -119,8 +122,6 @@ def decode_attention(module, query, key, value, attention_mask, scaling=None, dr
     reads that window anyway, so two grouped matmuls are the cheaper way.
     query [B, Hq, 1, D], key/value [B, Hkv, T, D], attention_mask additive [B, 1, 1, T] or None
     -> ([B, 1, Hq, D], None)."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     if query.shape[2] != 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       scaling=scaling, dropout=dropout, **kwargs)
@@ -138,9 +139,6 @@ def decode_attention(module, query, key, value, attention_mask, scaling=None, dr
 
 def register_decode_attention() -> None:
     """Make `attn_implementation="stagent_decode"` known to transformers, with SDPA's masks."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
-
     AttentionInterface.register(DECODE_ATTENTION, decode_attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(DECODE_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
 
@@ -232,7 +230,7 @@ class HFEngine(TokenEngine):
             try:
                 register_decode_attention()
                 model.set_attn_implementation(DECODE_ATTENTION)
-            except (ValueError, ImportError, KeyError) as exc:  # another transformers release
+            except (ValueError, KeyError) as exc:  # another transformers release
                 warnings.warn(f"HFEngine: {DECODE_ATTENTION} attention unavailable ({exc}); "
                               "decoding with SDPA, which repeats k/v per query head")
                 model.set_attn_implementation("sdpa")
