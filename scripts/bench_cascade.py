@@ -20,7 +20,9 @@ Columns: verified rate, rubric, reward and [Unsolved] accuracy, overall and by f
 with a 95% bootstrap interval over the eval episodes (all seeds pooled), and per seed; and
 for each claim of the recipe (SFT-1 > SFT-0, RL > SFT-1, RL hard vs all, ...) the paired
 difference in verified rate on the same queries with its own interval.
-Re-running resumes: finished stages and ablations are skipped.
+Re-running resumes: finished stages and ablations are skipped. `--ablations` picks which
+ablations run (`--ablations` alone: none, the recipe's own rows only, for a time-limited
+machine; a later call with all of them adds the rest to the same run directories).
 
 Prints ONE JSON line (also written to --out, with the command that produced it) and, with
 --plot, a bar chart of verified rate with its intervals.
@@ -50,6 +52,7 @@ from stagent_ray.runio import (exists, read_json, read_table, run_path,  # noqa:
 from stagent_ray.stages.evaluate import final_answer  # noqa: E402
 
 ROWS = ["teacher", "sft0", "sft1", "sft1_all", "rl", "rl_all", "rl_sft0"]
+ABLATIONS = ["sft1_all", "rl_all", "rl_sft0"]
 METRICS = ["verified", "rubric", "reward", "unsolved_accuracy"]
 BOOTSTRAP = 2000
 
@@ -68,9 +71,9 @@ def all_scored_rows(run_dir: str) -> list[dict]:
     return rows
 
 
-def run_ablations(cfg, log) -> None:
-    """Train SFT-1', RL' and RL'' (each skipped when its checkpoint exists); their wall
-    times go to <run_dir>/bench/seconds.json."""
+def run_ablations(cfg, log, names: list[str]) -> None:
+    """Train the named ablations of SFT-1', RL' and RL'' (each skipped when its checkpoint
+    exists); their wall times go to <run_dir>/bench/seconds.json."""
     from stagent_ray.train.rl import run_rl
     from stagent_ray.train.sft import run_sft
 
@@ -88,7 +91,7 @@ def run_ablations(cfg, log) -> None:
                                   "ckpt/rl_sft0", name="rl_sft0")}
     write_table(run_dir, "data/all_scored.parquet", all_scored_rows(run_dir))
     for name, train in runs.items():
-        if exists(run_dir, f"ckpt/{name}/config.json"):
+        if name not in names or exists(run_dir, f"ckpt/{name}/config.json"):
             continue
         log(f"[{name}] running")
         t0 = time.time()
@@ -98,10 +101,10 @@ def run_ablations(cfg, log) -> None:
         write_json(run_dir, "bench/seconds.json", {**seconds, name: round(time.time() - t0, 1)})
 
 
-def training_summary(run_dir: str) -> dict:
+def training_summary(run_dir: str, names: list[str]) -> dict:
     """Steps and final loss of each SFT run, steps and reward of each RL run."""
     out = {}
-    for name in ("sft0", "sft1", "sft1_all", "rl", "rl_all", "rl_sft0"):
+    for name in names:
         path = run_path(run_dir, f"train/{name}_metrics.jsonl")
         history = [json.loads(line) for line in open(path) if line.strip()]
         if name.startswith("sft"):
@@ -114,12 +117,13 @@ def training_summary(run_dir: str) -> dict:
     return out
 
 
-def evaluate_ablations(cfg, log) -> None:
+def evaluate_students(cfg, log, names: list[str]) -> None:
+    """Greedy eval of each named checkpoint the pipeline's eval stage did not cover."""
     from stagent_ray.stages.evaluate import checkpoint_engine, evaluate_model
 
     run_dir = cfg.run_dir
     eval_rows = read_table(run_dir, "data/eval.parquet")
-    for name in ROWS[1:]:
+    for name in names:
         if exists(run_dir, f"eval/{name}_greedy_trajectories.parquet"):
             continue  # the pipeline's eval stage did sft0, sft1, rl
         log(f"[eval {name}] running")
@@ -179,10 +183,10 @@ def paired_difference(a: list[dict], b: list[dict], rng) -> dict:
             "n": int(len(d)), "significant": bool(lo > 0 or hi < 0)}
 
 
-def table(run_dirs: dict[int, str]) -> tuple[dict, dict]:
+def table(run_dirs: dict[int, str], names: list[str]) -> tuple[dict, dict]:
     rng = np.random.default_rng(0)
     rows, episodes = {}, {}
-    for name in ROWS:
+    for name in names:
         per_seed = {seed: [dict(e, seed=seed) for e in episode_values(d, name)]
                     for seed, d in run_dirs.items()}
         episodes[name] = [e for eps in per_seed.values() for e in eps]
@@ -195,19 +199,22 @@ def table(run_dirs: dict[int, str]) -> tuple[dict, dict]:
             "per_seed": {str(s): {m: (mean_ci([e[m] for e in eps], rng) or {}).get("mean")
                                   for m in METRICS} for s, eps in per_seed.items()}}
     differences = {f"{a} - {b}": paired_difference(episodes[a], episodes[b], rng)
-                   for a, b in COMPARISONS}
+                   for a, b in COMPARISONS if a in rows and b in rows}
     return rows, differences
 
 
 def targets(rows: dict) -> dict:
-    v = {name: rows[name]["overall"]["verified"]["mean"] for name in ROWS}
+    """Each claim whose rows were run."""
+    v = {name: r["overall"]["verified"]["mean"] for name, r in rows.items()}
+    claims = {"sft1 > sft0": ("sft1", "sft0"), "rl > sft1": ("rl", "sft1"),
+              "rl (hard) >= rl_all": ("rl", "rl_all"),
+              "sft1 (certain) > sft1_all": ("sft1", "sft1_all"),
+              "rl > rl_sft0": ("rl", "rl_sft0")}
+    out = {claim: v[a] >= v[b] if "=" in claim else v[a] > v[b]
+           for claim, (a, b) in claims.items() if a in v and b in v}
     ratio = {name: round(v[name] / v["teacher"], 4) if v["teacher"] else None
              for name in ("rl", "sft1")}
-    return {"sft1 > sft0": v["sft1"] > v["sft0"], "rl > sft1": v["rl"] > v["sft1"],
-            "rl (hard) >= rl_all": v["rl"] >= v["rl_all"],
-            "sft1 (certain) > sft1_all": v["sft1"] > v["sft1_all"],
-            "rl > rl_sft0": v["rl"] > v["rl_sft0"],
-            "final student (rl) / teacher verified": ratio["rl"],
+    return {**out, "final student (rl) / teacher verified": ratio["rl"],
             "sft1 / teacher verified": ratio["sft1"],
             "final student >= 80% of teacher": bool(v["teacher"]) and v["rl"] >= 0.8 * v["teacher"]}
 
@@ -217,7 +224,7 @@ def plot(rows: dict, path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n in ROWS if rows[n]["overall"]["verified"]]
+    names = [n for n in ROWS if n in rows and rows[n]["overall"]["verified"]]
     means = [rows[n]["overall"]["verified"]["mean"] for n in names]
     lo = [m - rows[n]["overall"]["verified"]["ci95"][0] for n, m in zip(names, means)]
     hi = [rows[n]["overall"]["verified"]["ci95"][1] - m for n, m in zip(names, means)]
@@ -238,6 +245,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--out", help="also write the JSON here")
     ap.add_argument("--plot", help="bar chart of verified rate (PNG)")
+    ap.add_argument("--ablations", nargs="*", choices=ABLATIONS, default=ABLATIONS,
+                    help="which ablations to run (default all; none when given alone)")
     ap.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
     args = ap.parse_args()
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731 - stdout is the JSON
@@ -251,16 +260,17 @@ def main() -> None:
         log(f"== seed {seed}: {cfg.run_dir}")
         if run_pipeline(cfg, log=log) != 0:
             raise SystemExit(f"seed {seed}: the cascade failed (see {cfg.run_dir}/manifest.json)")
-        run_ablations(cfg, log)
-        evaluate_ablations(cfg, log)
+        run_ablations(cfg, log, args.ablations)
+        evaluate_students(cfg, log, ["sft0", "sft1", "rl"] + args.ablations)
         run_dirs[seed] = cfg.run_dir
-        training[seed] = training_summary(cfg.run_dir)
+        training[seed] = training_summary(cfg.run_dir, ["sft0", "sft1", "rl"] + args.ablations)
         manifest = read_json(cfg.run_dir, "manifest.json")
         stage_seconds[seed] = {s: round(e.get("seconds", 0), 1)
                                for s, e in manifest["stages"].items()}
         if exists(cfg.run_dir, "bench/seconds.json"):  # the ablations' training times
             stage_seconds[seed].update(read_json(cfg.run_dir, "bench/seconds.json"))
-    rows, differences = table(run_dirs)
+    rows, differences = table(run_dirs, [n for n in ROWS if n not in ABLATIONS
+                                         or n in args.ablations])
     result = {
         "bench": "cascade", "config": args.config, "overrides": args.overrides,
         "seeds": args.seeds,

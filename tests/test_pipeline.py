@@ -70,3 +70,19 @@ def test_cascade_end_to_end_then_resume(ray_session, tmp_path, capsys):
     assert set(summary) == {"rl"} and set(summary["rl"]) == {"verified_rate", "mean_reward"}
     assert summary["rl"]["verified_rate"] == evals["rl"]["verified_rate"]
     assert "sampled" not in json.load(open(os.path.join(run_dir, "eval/rl.json")))
+
+    # The cascade benchmark's table on this run, its ablations not run (`--ablations` alone):
+    # rows and claims for the recipe's own checkpoints only.
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
+    from bench_cascade import table, targets
+    rows, differences = table({0: run_dir}, ["teacher", "sft0", "sft1", "rl"])
+    assert set(rows) == {"teacher", "sft0", "sft1", "rl"}
+    assert set(differences) == {"sft1 - sft0", "rl - sft1"}
+    claims = targets(rows)
+    assert "rl (hard) >= rl_all" not in claims and "rl > rl_sft0" not in claims
+    verified = {n: r["overall"]["verified"]["mean"] for n, r in rows.items()}
+    assert verified["rl"] == pytest.approx(evals["rl"]["verified_rate"], abs=1e-4)
+    assert claims["rl > sft1"] == (verified["rl"] > verified["sft1"])
+    assert differences["rl - sft1"]["diff"] == pytest.approx(verified["rl"] - verified["sft1"],
+                                                              abs=2e-4)
