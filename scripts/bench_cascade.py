@@ -118,17 +118,16 @@ def training_summary(run_dir: str, names: list[str]) -> dict:
 
 
 def evaluate_students(cfg, log, names: list[str]) -> None:
-    """Greedy eval of each named checkpoint the pipeline's eval stage did not cover."""
-    from stagent_ray.stages.evaluate import checkpoint_engine, evaluate_model
+    """Greedy eval of each named checkpoint the pipeline's eval stage did not cover (one pool
+    of rollout actors for all of them)."""
+    from stagent_ray.stages.evaluate import checkpoint_engine, evaluate_models
 
     run_dir = cfg.run_dir
-    eval_rows = read_table(run_dir, "data/eval.parquet")
-    for name in names:
-        if exists(run_dir, f"eval/{name}_greedy_trajectories.parquet"):
-            continue  # the pipeline's eval stage did sft0, sft1, rl
-        log(f"[eval {name}] running")
-        evaluate_model(cfg, run_dir, name, checkpoint_engine(cfg, run_dir, name), eval_rows,
-                       [("greedy", 0.0, 1)])
+    todo = [n for n in names if not exists(run_dir, f"eval/{n}_greedy_trajectories.parquet")]
+    if todo:
+        log(f"[eval {' '.join(todo)}] running")
+        evaluate_models(cfg, run_dir, {n: checkpoint_engine(cfg, run_dir, n) for n in todo},
+                        read_table(run_dir, "data/eval.parquet"), [("greedy", 0.0, 1)])
 
 
 # ---------------------------------------------------------------- the table

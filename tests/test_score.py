@@ -101,3 +101,49 @@ def test_actors_asking_more_than_the_cluster_has_are_named(ray_session, caplog):
     with caplog.at_level("WARNING"):
         warn_if_unschedulable(0.5, 0)
     assert caplog.text == ""
+
+
+def test_checkpoints_through_one_actor_pool_roll_out_as_each_alone(ray_session, tmp_path,
+                                                                    tiny_checkpoint):
+    """rollout_checkpoints (the eval of several checkpoints) copies each batch's checkpoint
+    into the actor's engine: its rows equal one pool per checkpoint, so a missed or stale
+    weight switch shows as the wrong model's tokens."""
+    import torch
+
+    from stagent_ray.models.build import load_model, load_tokenizer, save_checkpoint
+    from stagent_ray.rollout.ray_data import consolidate, policy_engine, rollout_checkpoints
+    from stagent_ray.rollout.ray_data import rollout_pool
+
+    run_dir = str(tmp_path / "run")
+    cfg = load_config("configs/tiny.yaml", OVERRIDES + [f"run_dir={run_dir}"])
+    other = str(tmp_path / "other")  # the same model with its weights perturbed
+    model = load_model(tiny_checkpoint)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    save_checkpoint(model, load_tokenizer(tiny_checkpoint), other)
+    world = load_world()
+    rows = [query_to_row(q) for f in list(FAMILIES)[:3]
+            for q in generate_queries(world, f, 2, seed=3)]
+    engines = {"a": policy_engine(cfg, tiny_checkpoint), "b": policy_engine(cfg, other)}
+
+    together = rollout_checkpoints(cfg, run_dir, rows, {f"pool/{k}": e for k, e in
+                                                        engines.items()},
+                                   2, 1, 1.0, 2, salt=7, temperature=0.0)
+    assert {k: v["trajectories"] for k, v in together.items()} == {"pool/a": 12, "pool/b": 12}
+    tokens = {}
+    for k, engine in engines.items():
+        assert rollout_pool(cfg, run_dir, rows, engine, 2, f"alone/{k}", 1, 1.0, 2, salt=7,
+                            temperature=0.0)["trajectories"] == 12
+        for how in ("pool", "alone"):
+            consolidate(run_dir, f"{how}/{k}", f"{how}_{k}_q.parquet", f"{how}_{k}_t.parquet")
+            tokens[how, k] = {(t["query_id"], t["rollout_index"]): list(t["token_ids"])
+                              for t in read_table(run_dir, f"{how}_{k}_t.parquet")}
+    assert tokens["pool", "a"] == tokens["alone", "a"]
+    assert tokens["pool", "b"] == tokens["alone", "b"]
+    assert tokens["alone", "a"] != tokens["alone", "b"]  # the perturbation shows
+
+    with pytest.raises(ValueError, match="differ only in 'model'"):
+        rollout_checkpoints(cfg, run_dir, rows, {"x": engines["a"],
+                                                 "y": {**engines["b"], "dtype": "bfloat16"}},
+                            1, 1, 1.0, 2)

@@ -104,6 +104,7 @@ class RolloutActor:
         self.executor = executor_from_config(self.cfg.world, self.cfg.faults)
         self.n, self.run_dir, self.parts_dir, self.salt = n, run_dir, parts_dir, salt
         self.engine_spec = engine
+        self.model = engine.get("model")
         self.token_engine = self.message_engine = None
         kind = engine["kind"]
         if kind in ("hf", "vllm"):
@@ -177,13 +178,23 @@ class RolloutActor:
         return trajs, discarded
 
     def __call__(self, batch: dict) -> dict:
-        """Each item of `batch["rows"]` is one fixed batch of query rows (JSON)."""
-        out = {"query_id": [], "mean_reward": [], "n_traj": []}
-        for rows_json in batch["rows"]:
+        """Each item of `batch["rows"]` is one fixed batch of query rows (JSON), to roll out
+        with the checkpoint `batch["model"]` into `batch["parts_dir"]`."""
+        out = {"query_id": [], "mean_reward": [], "n_traj": [], "parts_dir": []}
+        for rows_json, model, parts_dir in zip(batch["rows"], batch["model"], batch["parts_dir"]):
+            self.use_checkpoint(str(model), str(parts_dir))
             done = self.score_batch(json.loads(str(rows_json)))
             for key in out:
                 out[key] += done[key]
         return out
+
+    def use_checkpoint(self, model: str, parts_dir: str) -> None:
+        """Switch to another checkpoint of the same architecture by copying its weights into
+        the engine: no new actor, no new engine (rollout_checkpoints)."""
+        self.parts_dir = parts_dir
+        if model and model != self.model:
+            self.token_engine.load_weights(model)
+            self.model = model
 
     def score_batch(self, rows: list[dict]) -> dict:
         from stagent_ray.reward import score_episode
@@ -218,7 +229,8 @@ class RolloutActor:
         self.reward_gauge.set(float(np.mean([t["reward"] for t in traj_rows])), tags={"stage": stage})
         return {"query_id": [s["query_id"] for s in summaries],
                 "mean_reward": [s["mean_reward"] for s in summaries],
-                "n_traj": [len(traj_rows) // len(rows)] * len(rows)}
+                "n_traj": [len(traj_rows) // len(rows)] * len(rows),
+                "parts_dir": [self.parts_dir] * len(rows)}
 
 
 def crash_once(run_dir: str, parts_dir: str) -> None:
@@ -291,42 +303,66 @@ def rollout_pool(cfg, run_dir: str, query_rows: list[dict], engine: dict, n: int
                  salt: int = 0, temperature: float | None = None, desc: str = "rollouts") -> dict:
     """Stream `query_rows` through `num_actors` RolloutActors; skip query_ids already
     written under `parts_dir`. Returns counts and throughput."""
+    return rollout_checkpoints(cfg, run_dir, query_rows, {parts_dir: engine}, n, num_actors,
+                               cpus_per_actor, batch_size, salt, temperature, desc)[parts_dir]
+
+
+def rollout_checkpoints(cfg, run_dir: str, query_rows: list[dict], engines: dict[str, dict],
+                        n: int, num_actors: int, cpus_per_actor: float, batch_size: int,
+                        salt: int = 0, temperature: float | None = None,
+                        desc: str = "rollouts") -> dict[str, dict]:
+    """`rollout_pool` for several engines that differ only in their checkpoint (`engines`:
+    parts_dir -> engine spec), through ONE pool of actors that copy in the next checkpoint's
+    weights when its batches come (an actor and its engine take seconds to start, on a GPU
+    tens). Returns rollout_pool's counts per parts_dir."""
     import ray
     from tqdm import tqdm
 
     from stagent_ray.config import config_to_dict
 
+    engine = next(iter(engines.values()))
+    if len(engines) > 1 and (engine["kind"] not in ("hf", "vllm") or any(
+            {**e, "model": None} != {**engine, "model": None} for e in engines.values())):
+        raise ValueError("rollout_checkpoints: the engines must be hf or vllm checkpoints "
+                         f"that differ only in 'model': {engines}")
     # a policy engine may hold a GPU (score.gpus_per_actor); teachers never do here
     num_gpus = cfg.score.gpus_per_actor if engine["kind"] in ("hf", "vllm") else 0
-    done = done_query_ids(run_dir, parts_dir)
-    batches = [[r for r in query_rows[i:i + batch_size] if r["query_id"] not in done]
-               for i in range(0, len(query_rows), batch_size)]
-    todo = [json.dumps(b) for b in batches if b]
-    n_todo = sum(map(len, batches))
+    items, n_todo = [], {}
+    for parts_dir, spec in engines.items():  # in order: each actor switches model rarely
+        done = done_query_ids(run_dir, parts_dir)
+        batches = [[r for r in query_rows[i:i + batch_size] if r["query_id"] not in done]
+                   for i in range(0, len(query_rows), batch_size)]
+        items += [{"rows": json.dumps(b), "model": spec.get("model") or "",
+                   "parts_dir": parts_dir} for b in batches if b]
+        n_todo[parts_dir] = sum(map(len, batches))
     start = time.perf_counter()
-    n_traj = 0
-    if todo:
+    n_traj = Counter()
+    if items:
         warn_if_unschedulable(cpus_per_actor, num_gpus)
         # One item (and block) per batch: Ray Data cannot regroup the queries.
-        ds = ray.data.from_items([{"rows": b} for b in todo], override_num_blocks=len(todo))
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
         ds = ds.map_batches(
             RolloutActor, batch_size=1, batch_format="numpy",
             fn_constructor_kwargs={"cfg_dict": config_to_dict(cfg), "engine": engine, "n": n,
-                                   "run_dir": run_dir, "parts_dir": parts_dir, "salt": salt,
-                                   "temperature": temperature},
+                                   "run_dir": run_dir, "parts_dir": next(iter(engines)),
+                                   "salt": salt, "temperature": temperature},
             compute=ray.data.ActorPoolStrategy(size=num_actors), num_cpus=cpus_per_actor,
             num_gpus=num_gpus)
-        with tqdm(total=len(query_rows), initial=len(query_rows) - n_todo, desc=desc,
+        total = len(query_rows) * len(engines)
+        with tqdm(total=total, initial=total - sum(n_todo.values()), desc=desc,
                   unit="query") as bar:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 bar.update(len(batch["query_id"]))
-                n_traj += int(np.sum(batch["n_traj"]))
+                for parts_dir, k in zip(batch["parts_dir"], batch["n_traj"]):
+                    n_traj[str(parts_dir)] += int(k)
                 bar.set_postfix(reward=f"{float(np.mean(batch['mean_reward'])):.3f}")
     elapsed = time.perf_counter() - start
-    return {"queries": len(query_rows), "resumed_skipped": len(query_rows) - n_todo,
-            "trajectories": n_traj, "seconds": elapsed,
-            "trajectories_per_s": n_traj / elapsed if elapsed > 0 else 0.0,
-            **fault_totals(run_dir, parts_dir)}
+    return {parts_dir: {"queries": len(query_rows),
+                        "resumed_skipped": len(query_rows) - n_todo[parts_dir],
+                        "trajectories": n_traj[parts_dir], "seconds": elapsed,
+                        "trajectories_per_s": n_traj[parts_dir] / elapsed if elapsed > 0 else 0.0,
+                        **fault_totals(run_dir, parts_dir)}
+            for parts_dir in engines}
 
 
 def consolidate(run_dir: str, parts_dir: str, query_out: str, traj_out: str | None,

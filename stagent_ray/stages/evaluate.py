@@ -51,32 +51,40 @@ def summarise(trajs: list[dict], queries: dict[str, dict]) -> dict:
     }
 
 
-def evaluate_model(cfg, run_dir: str, name: str, engine: dict, eval_rows: list[dict],
-                   temperature_runs: list[tuple[str, float | None, int]]) -> dict:
-    from stagent_ray.rollout.ray_data import consolidate, rollout_pool
+def evaluate_models(cfg, run_dir: str, engines: dict[str, dict], eval_rows: list[dict],
+                    temperature_runs: list[tuple[str, float | None, int]]) -> dict[str, dict]:
+    """Eval results per model name. `engines`: name -> engine spec; policy checkpoints of one
+    architecture share one pool of rollout actors per run (rollout_checkpoints)."""
+    from stagent_ray.rollout.ray_data import consolidate, rollout_checkpoints
     from stagent_ray.runio import read_table
 
+    if not engines:
+        return {}
     queries = {r["query_id"]: r for r in eval_rows}
     s = cfg.score
-    result = {"model": name}
+    results = {name: {"model": name} for name in engines}
     for mode, temperature, n in temperature_runs:
-        parts = f"eval/parts/{name}_{mode}"
-        stats = rollout_pool(cfg, run_dir, eval_rows, engine, n, parts, s.num_actors,
-                             s.cpus_per_actor, s.batch_size, salt=7, temperature=temperature,
-                             desc=f"eval {name} {mode}")
-        rows = consolidate(run_dir, parts, f"eval/{name}_{mode}_queries.parquet",
-                           f"eval/{name}_{mode}_trajectories.parquet")
-        trajs = [t for t in read_table(run_dir, f"eval/{name}_{mode}_trajectories.parquet")
-                 if not t.get("infra_fault")]
-        families = sorted({queries[t["query_id"]]["family"] for t in trajs})
-        result[mode] = {
-            "overall": summarise(trajs, queries),
-            "pass_at_k": sum(r["pass_at_k"] for r in rows) / max(1, len(rows)),
-            "by_family": {f: summarise([t for t in trajs
-                                        if queries[t["query_id"]]["family"] == f], queries)
-                          for f in families},
-            "infra_faulted_episodes": stats["infra_faulted_episodes"], "faults": stats["faults"]}
-    return result
+        parts = {name: f"eval/parts/{name}_{mode}" for name in engines}
+        stats = rollout_checkpoints(cfg, run_dir, eval_rows,
+                                    {parts[name]: e for name, e in engines.items()}, n,
+                                    s.num_actors, s.cpus_per_actor, s.batch_size, salt=7,
+                                    temperature=temperature,
+                                    desc=f"eval {' '.join(engines)} {mode}")
+        for name in engines:
+            rows = consolidate(run_dir, parts[name], f"eval/{name}_{mode}_queries.parquet",
+                               f"eval/{name}_{mode}_trajectories.parquet")
+            trajs = [t for t in read_table(run_dir, f"eval/{name}_{mode}_trajectories.parquet")
+                     if not t.get("infra_fault")]
+            families = sorted({queries[t["query_id"]]["family"] for t in trajs})
+            results[name][mode] = {
+                "overall": summarise(trajs, queries),
+                "pass_at_k": sum(r["pass_at_k"] for r in rows) / max(1, len(rows)),
+                "by_family": {f: summarise([t for t in trajs
+                                            if queries[t["query_id"]]["family"] == f], queries)
+                              for f in families},
+                "infra_faulted_episodes": stats[parts[name]]["infra_faulted_episodes"],
+                "faults": stats[parts[name]]["faults"]}
+    return results
 
 
 def checkpoint_engine(cfg, run_dir: str, name: str) -> dict:
@@ -94,20 +102,19 @@ def run_eval(cfg, run_dir: str) -> dict:
     k = cfg.eval.pass_k
     summary = {}
     if cfg.eval.teacher:
-        teacher = evaluate_model(cfg, run_dir, "teacher", asdict(cfg.teacher), eval_rows,
-                                 [("sampled", None, 1)])
+        teacher = evaluate_models(cfg, run_dir, {"teacher": asdict(cfg.teacher)}, eval_rows,
+                                  [("sampled", None, 1)])["teacher"]
         write_json(run_dir, "eval/teacher.json", teacher)
         summary["teacher"] = {"verified_rate": teacher["sampled"]["overall"]["verified_rate"],
                               "mean_reward": teacher["sampled"]["overall"]["mean_reward"]}
     for name in cfg.eval.checkpoints:
         if name not in CHECKPOINTS:
             raise ValueError(f"eval.checkpoints: {name!r} is not one of {CHECKPOINTS}")
-        if not exists(run_dir, f"ckpt/{name}/config.json"):
-            continue
-        engine = checkpoint_engine(cfg, run_dir, name)
-        sampled = [("sampled", cfg.eval.temperature, k)] if k > 0 else []  # 0: greedy only
-        result = evaluate_model(cfg, run_dir, name, engine, eval_rows,
-                                [("greedy", 0.0, 1)] + sampled)
+    engines = {name: checkpoint_engine(cfg, run_dir, name) for name in cfg.eval.checkpoints
+               if exists(run_dir, f"ckpt/{name}/config.json")}
+    sampled = [("sampled", cfg.eval.temperature, k)] if k > 0 else []  # 0: greedy only
+    results = evaluate_models(cfg, run_dir, engines, eval_rows, [("greedy", 0.0, 1)] + sampled)
+    for name, result in results.items():
         write_json(run_dir, f"eval/{name}.json", result)
         summary[name] = {"verified_rate": result["greedy"]["overall"]["verified_rate"],
                          "mean_reward": result["greedy"]["overall"]["mean_reward"]}
