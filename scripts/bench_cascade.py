@@ -21,8 +21,8 @@ with a 95% bootstrap interval over the eval episodes (all seeds pooled), and per
 for each claim of the recipe (SFT-1 > SFT-0, RL > SFT-1, RL hard vs all, ...) the paired
 difference in verified rate on the same queries with its own interval.
 Re-running resumes: finished stages and ablations are skipped. `--ablations` picks which
-ablations run (`--ablations` alone: none, the recipe's own rows only, for a time-limited
-machine; a later call with all of them adds the rest to the same run directories).
+ablations run: all (default), none (the recipe's own rows only, for a time-limited machine)
+or a comma-separated list; a later call with more adds them to the same run directories.
 
 Prints ONE JSON line (also written to --out, with the command that produced it) and, with
 --plot, a bar chart of verified rate with its intervals.
@@ -244,10 +244,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--out", help="also write the JSON here")
     ap.add_argument("--plot", help="bar chart of verified rate (PNG)")
-    ap.add_argument("--ablations", nargs="*", choices=ABLATIONS, default=ABLATIONS,
-                    help="which ablations to run (default all; none when given alone)")
+    ap.add_argument("--ablations", default="all",
+                    help=f"all | none | a comma-separated subset of {','.join(ABLATIONS)}")
     ap.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
     args = ap.parse_args()
+    args.ablations = {"all": ABLATIONS, "none": []}.get(args.ablations,
+                                                        args.ablations.split(","))
+    if set(args.ablations) - set(ABLATIONS):
+        ap.error(f"--ablations: {args.ablations} are not all of {ABLATIONS} (or all, none)")
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731 - stdout is the JSON
 
     t0 = time.time()

@@ -5,8 +5,8 @@
 # Writes to $OUT: cascade_gpu.json (the table), the log, and the run's small artifacts
 # (metrics, eval tables, manifest, split report; no checkpoints), also when it times out.
 # Arguments go to bench_cascade.py. Within one session's device time, two calls:
-#   OUT=gpu_out BUDGET_S=540 bash scripts/gpu_cascade.sh --ablations   # the recipe's rows
-#   OUT=gpu_out SKIP_TESTS=1 BUDGET_S=280 bash scripts/gpu_cascade.sh --ablations sft1_all rl_all
+#   OUT=gpu_out BUDGET_S=540 bash scripts/gpu_cascade.sh --ablations none   # the recipe's rows
+#   OUT=gpu_out SKIP_TESTS=1 BUDGET_S=280 bash scripts/gpu_cascade.sh --ablations sft1_all,rl_all
 # (the second, on the still-warm machine, resumes the run and adds those ablations)
 set -u
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
