@@ -71,7 +71,7 @@ def test_cascade_end_to_end_then_resume(ray_session, tmp_path, capsys):
     assert summary["rl"]["verified_rate"] == evals["rl"]["verified_rate"]
     assert "sampled" not in json.load(open(os.path.join(run_dir, "eval/rl.json")))
 
-    # The cascade benchmark's table on this run, its ablations not run (`--ablations` alone):
+    # The cascade benchmark's table on this run, its ablations not run (`--ablations none`):
     # rows and claims for the recipe's own checkpoints only.
     import sys
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))

@@ -127,9 +127,10 @@ def test_checkpoints_through_one_actor_pool_roll_out_as_each_alone(ray_session, 
             for q in generate_queries(world, f, 2, seed=3)]
     engines = {"a": policy_engine(cfg, tiny_checkpoint), "b": policy_engine(cfg, other)}
 
+    # two actors: each may switch back and forth between the checkpoints
     together = rollout_checkpoints(cfg, run_dir, rows, {f"pool/{k}": e for k, e in
                                                         engines.items()},
-                                   2, 1, 1.0, 2, salt=7, temperature=0.0)
+                                   2, 2, 0.5, 2, salt=7, temperature=0.0)
     assert {k: v["trajectories"] for k, v in together.items()} == {"pool/a": 12, "pool/b": 12}
     tokens = {}
     for k, engine in engines.items():
