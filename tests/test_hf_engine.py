@@ -227,6 +227,27 @@ def test_a_row_samples_the_same_whatever_it_is_batched_with(tok, model):
     assert [o.token_ids for o in other] != [o.token_ids for o in together]
 
 
+def test_equal_prompts_prefilled_once_sample_as_if_alone(tok, model):
+    """The n rollouts of a query start from one prompt: it is prefilled once and the other
+    rows get copies of its keys and values. Each row must still sample what it samples
+    alone, with log-probs the trainer's forward recomputes (a bad copy breaks both)."""
+    p, q = random_prompts(tok, 2, lo=8, hi=20, seed=9)
+    prompts, seeds = [p, q, p, p, q], [21, 22, 23, 24, 25]
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=12,
+                              stop_token_ids=list(range(0, len(tok), 16)))
+    engine = HFEngine(model, tok, device="cpu", max_batch_size=5)
+    together = engine.generate(prompts, sampling, seeds)
+    assert engine.last_stats["prompts_copied"] == 3
+    assert engine.last_stats["prefills"] == 1
+    alone = [HFEngine(model, tok, device="cpu", max_batch_size=1).generate([x], sampling, [s])[0]
+             for x, s in zip(prompts, seeds)]
+    for prompt, a, b in zip(prompts, alone, together):
+        assert a.token_ids == b.token_ids
+        expected = recomputed_logprobs(model, prompt, b.token_ids, 1.0)
+        assert torch.allclose(torch.tensor(b.logprobs), expected, atol=1e-3)
+    assert len({tuple(o.token_ids) for o in together}) > 2  # the seeds, not the copy, decide
+
+
 def test_stream_takes_requests_as_they_come(tok, model):
     """HFEngine.stream: requests sent at different times, from concurrent coroutines, join
     the running batch; each gets what a plain generate call gives it."""

@@ -249,7 +249,7 @@ class HFEngine(TokenEngine):
         if self.compile:
             self._decode_logits = torch.compile(self._decode_forward, mode="reduce-overhead",
                                                 dynamic=False)
-        self.last_stats: dict = {}  # decode steps, prefills, compactions of the last generate()
+        self.last_stats: dict = {}  # decode steps, prefills, ... of the last generate()
         # generate() and streams run the decode loop on this one thread: CUDA graphs are
         # recorded per thread, and the KV cache is the engine's
         self._stream_thread = ThreadPoolExecutor(1, thread_name_prefix="hf-decode")
@@ -330,7 +330,7 @@ class HFEngine(TokenEngine):
         start = [0] * slots      # first cache column of the row's prompt
 
         col = longest  # col >= longest always, so any prompt fits left of it
-        steps = prefills = compactions = since_check = generated = 0
+        steps = prefills = compactions = since_check = generated = copied = 0
         must_check = False
         while True:
             # 1. Fill free rows with waiting prompts (the first pass fills the whole batch).
@@ -338,10 +338,16 @@ class HFEngine(TokenEngine):
             batch = take(len(free), len(free) == slots, steps) if free else []
             if batch:
                 free = free[:len(batch)]
+                # Equal prompts (the n rollouts of a query start alike) are prefilled once;
+                # the other rows get copies of its keys and values.
+                first: dict[tuple, int] = {}
+                source = [first.setdefault(tuple(p), i) for i, (_, p, _) in enumerate(batch)]
+                unique = list(first.values())
                 width = max(len(p) for _, p, _ in batch)
-                ids = torch.zeros(len(batch), width, dtype=torch.long)
-                keep = torch.zeros(len(batch), width, dtype=torch.bool)
-                for i, (_, p, _) in enumerate(batch):  # left padding: prompts end at `col`
+                ids = torch.zeros(len(unique), width, dtype=torch.long)
+                keep = torch.zeros(len(unique), width, dtype=torch.bool)
+                for i, b in enumerate(unique):  # left padding: prompts end at `col`
+                    p = batch[b][1]
                     ids[i, width - len(p):] = torch.tensor(p)
                     keep[i, width - len(p):] = True
                 ids, keep = ids.to(dev), keep.to(dev)
@@ -349,13 +355,24 @@ class HFEngine(TokenEngine):
                 allowed = (causal & keep[:, None, :])[:, None]  # [rows, 1, query, key]
                 prefill_mask = torch.zeros(allowed.shape, dtype=self.dtype, device=dev)
                 prefill_mask.masked_fill_(~allowed, min_value)
-                rows = torch.tensor(free, device=dev)
-                cache.prefill_rows, cache.prefill_end = rows, col
+                cache.prefill_rows = torch.tensor([free[b] for b in unique], device=dev)
+                cache.prefill_end = col
                 logits = self.model(input_ids=ids, attention_mask=prefill_mask,
                                     position_ids=(keep.long().cumsum(-1) - 1).clamp(min=0),
                                     past_key_values=cache, use_cache=True,
                                     logits_to_keep=1).logits[:, -1]
                 cache.prefill_rows = None
+                copies = [i for i, b in enumerate(source) if b != i]
+                copied += len(copies)
+                if copies:
+                    to = torch.tensor([free[i] for i in copies], device=dev)
+                    src = torch.tensor([free[source[i]] for i in copies], device=dev)
+                    for t in (*cache.keys.values(), *cache.values.values()):
+                        t[to, :, col - width:col] = t[src, :, col - width:col]
+                    slot = {b: k for k, b in enumerate(unique)}
+                    spread = torch.tensor([slot[b] for b in source], device=dev)
+                    logits, keep, prefill_mask = logits[spread], keep[spread], prefill_mask[spread]
+                rows = torch.tensor(free, device=dev)
                 cache.mask[rows] = min_value
                 cache.mask[rows, 0, 0, col - width:col] = prefill_mask[:, 0, -1]
                 row_seeds[rows] = torch.tensor([seed for _, _, seed in batch], device=dev)
@@ -436,8 +453,8 @@ class HFEngine(TokenEngine):
             since_check += 1
 
         self.last_stats = {"decode_steps": steps, "prefills": prefills,
-                           "compactions": compactions, "slots": slots,
-                           "generated_tokens": generated}
+                           "prompts_copied": copied, "compactions": compactions,
+                           "slots": slots, "generated_tokens": generated}
 
     @torch.inference_mode()
     def load_weights(self, path_or_state_dict) -> None:
