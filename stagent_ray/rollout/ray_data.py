@@ -103,7 +103,6 @@ class RolloutActor:
         self.cfg = config_from_dict(cfg_dict)
         self.executor = executor_from_config(self.cfg.world, self.cfg.faults)
         self.n, self.run_dir, self.parts_dir, self.salt = n, run_dir, parts_dir, salt
-        self.engine_spec = engine
         self.model = engine.get("model")
         self.token_engine = self.message_engine = None
         kind = engine["kind"]
