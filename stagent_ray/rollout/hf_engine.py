@@ -362,6 +362,7 @@ class HFEngine(TokenEngine):
                                     past_key_values=cache, use_cache=True,
                                     logits_to_keep=1).logits[:, -1]
                 cache.prefill_rows = None
+                prompt_mask = prefill_mask[:, 0, -1]  # [rows, width]: the columns a row attends
                 copies = [i for i, b in enumerate(source) if b != i]
                 copied += len(copies)
                 if copies:
@@ -371,10 +372,10 @@ class HFEngine(TokenEngine):
                         t[to, :, col - width:col] = t[src, :, col - width:col]
                     slot = {b: k for k, b in enumerate(unique)}
                     spread = torch.tensor([slot[b] for b in source], device=dev)
-                    logits, keep, prefill_mask = logits[spread], keep[spread], prefill_mask[spread]
+                    logits, keep, prompt_mask = logits[spread], keep[spread], prompt_mask[spread]
                 rows = torch.tensor(free, device=dev)
                 cache.mask[rows] = min_value
-                cache.mask[rows, 0, 0, col - width:col] = prefill_mask[:, 0, -1]
+                cache.mask[rows, 0, 0, col - width:col] = prompt_mask
                 row_seeds[rows] = torch.tensor([seed for _, _, seed in batch], device=dev)
                 tok, logp = sample_tokens(logits, sampling,
                                           row_uniforms(row_seeds[rows], torch.zeros_like(rows)))
