@@ -5,10 +5,11 @@
 # Writes to $OUT: cascade_gpu.json (the table), the log, and the run's small artifacts
 # (metrics, eval tables, manifest, split report; no checkpoints), also when it times out.
 # Arguments go to bench_cascade.py. Within one session's device time, two calls:
-#   OUT=gpu_out BUDGET_S=540 bash scripts/gpu_cascade.sh --ablations none   # the recipe's rows
+#   OUT=gpu_out BUDGET_S=590 bash scripts/gpu_cascade.sh --ablations none   # the recipe's rows
 #   OUT=gpu_out SKIP_TESTS=1 BUDGET_S=280 bash scripts/gpu_cascade.sh --ablations sft1_all,rl_all
 # (the second, on the still-warm machine, resumes the run and adds those ablations)
 set -u
+script_start=$(date +%s)
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 bash .device/install.sh || exit 1
 export PYTHONPATH=/tmp/site:$PWD RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
@@ -23,8 +24,11 @@ if [ -z "${SKIP_TESTS:-}" ]; then
   fi
   tail -1 "$OUT/gpu_tests.txt"
 fi
+# BUDGET_S counts from this script's start (install and tests included); 15 s stay for the tar
 start=$(date +%s)
-timeout "${BUDGET_S:-520}" python scripts/bench_cascade.py --config configs/cascade_gpu.yaml \
+left=$(( ${BUDGET_S:-580} - (start - script_start) - 15 ))
+echo "bench budget ${left} s"
+timeout "$left" python scripts/bench_cascade.py --config configs/cascade_gpu.yaml \
   --seeds 0 --out "$OUT/cascade_gpu.json" "${extra[@]}" "$@" > "$OUT/bench_stdout.txt" 2> "$OUT/bench.log"
 echo "bench rc=$? after $(( $(date +%s) - start )) s"
 tail -25 "$OUT/bench.log"

@@ -337,10 +337,12 @@ def test_eager_cuda_bf16_path_matches_recompute(tok, model):
     gpu_model = copy.deepcopy(model).to("cuda", torch.bfloat16)
     engine = HFEngine(gpu_model, tok, device="cuda", max_batch_size=3, compile=False)
     prompts = random_prompts(tok, 12, seed=11)  # odd lengths, refills, window offsets
+    prompts = [p for p in prompts[:3] for _ in (0, 1)] + prompts[3:]  # equal: k/v copied on GPU
     sampling = SamplingParams(temperature=1.0, max_new_tokens=24, seed=5,
                               stop_token_ids=list(range(0, len(tok), 16)))
     outs = engine.generate(prompts, sampling)
     assert engine.last_stats["prefills"] > 1
+    assert engine.last_stats["prompts_copied"] >= 1
     for prompt, out in zip(prompts, outs):
         with torch.no_grad():
             logits = gpu_model(torch.tensor([prompt + out.token_ids], device="cuda")).logits[0]
