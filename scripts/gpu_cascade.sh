@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# The cascade benchmark on the GPU device machine (one seed of configs/cascade_gpu.yaml).
+# The cascade benchmark on the GPU device machine: one seed of $CONFIG (default
+# configs/cascade_gpu.yaml; CONFIG=configs/cascade_gpu_six.yaml is the CPU table's task).
 # That machine has torch and transformers but no Ray: carry it (`bash
 # ../shared/tools/device_ray_bundle.sh` builds .device/; the device call carries ".device").
-# Writes to $OUT: cascade_gpu.json (the table), the log, and the run's small artifacts
+# Writes to $OUT: <config name>.json (the table), the log, and the run's small artifacts
 # (metrics, eval tables, manifest, split report; no checkpoints), also when it times out.
 # Arguments go to bench_cascade.py. Within one session's device time, two calls:
 #   OUT=gpu_out BUDGET_S=590 bash scripts/gpu_cascade.sh --ablations none   # the recipe's rows
 #   OUT=gpu_out SKIP_TESTS=1 BUDGET_S=280 bash scripts/gpu_cascade.sh --ablations sft1_all,rl_all
-# (the second, on the still-warm machine, resumes the run and adds those ablations)
+# (the second, on the still-warm machine, resumes the run and adds those ablations). The six-
+# family config is estimated to fit its whole table (every ablation) in about one call:
+#   CONFIG=configs/cascade_gpu_six.yaml OUT=gpu_out BUDGET_S=590 bash scripts/gpu_cascade.sh
 set -u
 script_start=$(date +%s)
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
@@ -24,15 +27,17 @@ if [ -z "${SKIP_TESTS:-}" ]; then
   fi
   tail -1 "$OUT/gpu_tests.txt"
 fi
+config=${CONFIG:-configs/cascade_gpu.yaml}
+name=$(basename "$config" .yaml)
+run=$(python -c "import yaml, sys; print(yaml.safe_load(open(sys.argv[1]))['run_dir'])" "$config")/seed0
 # BUDGET_S counts from this script's start (install and tests included); 15 s stay for the tar
 start=$(date +%s)
 left=$(( ${BUDGET_S:-580} - (start - script_start) - 15 ))
 echo "bench budget ${left} s"
-timeout "$left" python scripts/bench_cascade.py --config configs/cascade_gpu.yaml \
-  --seeds 0 --out "$OUT/cascade_gpu.json" "${extra[@]}" "$@" > "$OUT/bench_stdout.txt" 2> "$OUT/bench.log"
+timeout "$left" python scripts/bench_cascade.py --config "$config" \
+  --seeds 0 --out "$OUT/$name.json" "${extra[@]}" "$@" > "$OUT/bench_stdout.txt" 2> "$OUT/bench.log"
 echo "bench rc=$? after $(( $(date +%s) - start )) s"
 tail -25 "$OUT/bench.log"
-run=runs/cascade_gpu/seed0
 tar czf "$OUT/run_small.tgz" --exclude='*/parts/*' $run/manifest.json $run/logs $run/bench \
   $run/data/split_report.json $run/eval $(ls $run/train/*.jsonl 2>/dev/null) 2>/dev/null
 ls -la "$OUT"
