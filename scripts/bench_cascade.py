@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import operator
 import os
 import platform
 import shlex
@@ -166,8 +167,11 @@ def summarise(episodes: list[dict], rng) -> dict:
     return {m: mean_ci([e[m] for e in episodes], rng) for m in METRICS}
 
 
-COMPARISONS = [("sft1", "sft0"), ("rl", "sft1"), ("rl", "rl_all"), ("sft1", "sft1_all"),
-               ("rl", "rl_sft0")]
+# The recipe's claims: (row, row it should beat, comparison). Each also gets a paired difference.
+CLAIMS = {"sft1 > sft0": ("sft1", "sft0", operator.gt), "rl > sft1": ("rl", "sft1", operator.gt),
+          "rl (hard) >= rl_all": ("rl", "rl_all", operator.ge),
+          "sft1 (certain) > sft1_all": ("sft1", "sft1_all", operator.gt),
+          "rl > rl_sft0": ("rl", "rl_sft0", operator.gt)}
 
 
 def paired_difference(a: list[dict], b: list[dict], rng) -> dict:
@@ -198,19 +202,15 @@ def table(run_dirs: dict[int, str], names: list[str]) -> tuple[dict, dict]:
             "per_seed": {str(s): {m: (mean_ci([e[m] for e in eps], rng) or {}).get("mean")
                                   for m in METRICS} for s, eps in per_seed.items()}}
     differences = {f"{a} - {b}": paired_difference(episodes[a], episodes[b], rng)
-                   for a, b in COMPARISONS if a in rows and b in rows}
+                   for a, b, _ in CLAIMS.values() if a in rows and b in rows}
     return rows, differences
 
 
 def targets(rows: dict) -> dict:
     """Each claim whose rows were run."""
     v = {name: r["overall"]["verified"]["mean"] for name, r in rows.items()}
-    claims = {"sft1 > sft0": ("sft1", "sft0"), "rl > sft1": ("rl", "sft1"),
-              "rl (hard) >= rl_all": ("rl", "rl_all"),
-              "sft1 (certain) > sft1_all": ("sft1", "sft1_all"),
-              "rl > rl_sft0": ("rl", "rl_sft0")}
-    out = {claim: v[a] >= v[b] if "=" in claim else v[a] > v[b]
-           for claim, (a, b) in claims.items() if a in v and b in v}
+    out = {claim: holds(v[a], v[b]) for claim, (a, b, holds) in CLAIMS.items()
+           if a in v and b in v}
     ratio = {name: round(v[name] / v["teacher"], 4) if v["teacher"] else None
              for name in ("rl", "sft1")}
     return {**out, "final student (rl) / teacher verified": ratio["rl"],
@@ -252,6 +252,7 @@ def main() -> None:
                                                         args.ablations.split(","))
     if set(args.ablations) - set(ABLATIONS):
         ap.error(f"--ablations: {args.ablations} are not all of {ABLATIONS} (or all, none)")
+    names = [n for n in ROWS if n not in ABLATIONS or n in args.ablations]  # teacher first
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731 - stdout is the JSON
 
     t0 = time.time()
@@ -264,16 +265,15 @@ def main() -> None:
         if run_pipeline(cfg, log=log) != 0:
             raise SystemExit(f"seed {seed}: the cascade failed (see {cfg.run_dir}/manifest.json)")
         run_ablations(cfg, log, args.ablations)
-        evaluate_students(cfg, log, ["sft0", "sft1", "rl"] + args.ablations)
+        evaluate_students(cfg, log, names[1:])
         run_dirs[seed] = cfg.run_dir
-        training[seed] = training_summary(cfg.run_dir, ["sft0", "sft1", "rl"] + args.ablations)
+        training[seed] = training_summary(cfg.run_dir, names[1:])
         manifest = read_json(cfg.run_dir, "manifest.json")
         stage_seconds[seed] = {s: round(e.get("seconds", 0), 1)
                                for s, e in manifest["stages"].items()}
         if exists(cfg.run_dir, "bench/seconds.json"):  # the ablations' training times
             stage_seconds[seed].update(read_json(cfg.run_dir, "bench/seconds.json"))
-    rows, differences = table(run_dirs, [n for n in ROWS if n not in ABLATIONS
-                                         or n in args.ablations])
+    rows, differences = table(run_dirs, names)
     result = {
         "bench": "cascade", "config": args.config, "overrides": args.overrides,
         "seeds": args.seeds,
