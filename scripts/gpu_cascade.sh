@@ -9,8 +9,9 @@
 #   OUT=gpu_out BUDGET_S=590 bash scripts/gpu_cascade.sh --ablations none   # the recipe's rows
 #   OUT=gpu_out SKIP_TESTS=1 BUDGET_S=280 bash scripts/gpu_cascade.sh --ablations sft1_all,rl_all
 # (the second, on the still-warm machine, resumes the run and adds those ablations). The six-
-# family config is estimated to fit its whole table (every ablation) in about one call:
+# family config's whole table (every ablation) took ~11 min on an H100: a full call, then
 #   CONFIG=configs/cascade_gpu_six.yaml OUT=gpu_out BUDGET_S=590 bash scripts/gpu_cascade.sh
+#   CONFIG=configs/cascade_gpu_six.yaml OUT=gpu_out SKIP_TESTS=1 BUDGET_S=250 bash scripts/gpu_cascade.sh
 set -u
 script_start=$(date +%s)
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
