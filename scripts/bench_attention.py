@@ -10,7 +10,7 @@ query heads, 8 key/value heads, head dim 128, bf16):
   varlen_rep    the same with k/v repeated to every query head (torch without enable_gqa)
   cudnn         aten._cudnn_attention_forward/backward with cumulative sequence lengths
                 (cuDNN's ragged layout; Hopper kernels), k/v repeated, where this torch
-                exposes it
+                exposes it (attention.cudnn_varlen_attn: SFT's `attention_kernel: cudnn`)
 Per kernel: milliseconds for one layer's forward + backward, TFLOP/s of the causal work
 actually done (fwd 2·n²·H·D per sample of n tokens, backward 2.5× that), and the largest
 difference of output and gradients from `varlen`. A kernel that fails reports its error.
@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from stagent_ray.train.attention import flat_inputs  # noqa: E402
+from stagent_ray.train.attention import cudnn_varlen_attn, flat_inputs  # noqa: E402
 from stagent_ray.train.data import pack  # noqa: E402
 
 HEADS, KV_HEADS, HEAD_DIM = 16, 8, 128
@@ -45,31 +45,9 @@ def varlen(q, k, v, cu, max_len, gqa: bool):
     return varlen_attn(q, k, v, cu, cu, max_len, max_len, window_size=(-1, 0), enable_gqa=True)
 
 
-class CudnnRagged(torch.autograd.Function):
-    """cuDNN attention on [total, H, D] rows with sample borders `cu` (causal)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, cu, max_len):
-        out = torch.ops.aten._cudnn_attention_forward(q, k, v, None, cu, cu, max_len, max_len,
-                                                      True, 0.0, True, False)
-        o, lse, seed, offset = out[0], out[1], out[6], out[7]
-        ctx.save_for_backward(q, k, v, o, lse, seed, offset, cu)
-        ctx.max_len = max_len
-        return o
-
-    @staticmethod
-    def backward(ctx, grad):
-        q, k, v, o, lse, seed, offset, cu = ctx.saved_tensors
-        bias = torch.empty(0, device=q.device, dtype=q.dtype)
-        dq, dk, dv = torch.ops.aten._cudnn_attention_backward(
-            grad.contiguous(), q, k, v, o, lse, seed, offset, bias, cu, cu, ctx.max_len,
-            ctx.max_len, 0.0, True)
-        return dq, dk, dv, None, None
-
-
 def cudnn(q, k, v, cu, max_len):
     k, v = (x.repeat_interleave(HEADS // KV_HEADS, dim=1) for x in (k, v))
-    return CudnnRagged.apply(q, k, v, cu, max_len)
+    return cudnn_varlen_attn(q, k, v, cu, cu, max_len, max_len)
 
 
 def fwd_bwd(fn, q, k, v, grad_out):

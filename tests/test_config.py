@@ -40,6 +40,7 @@ def test_overrides_are_typed_and_nested():
     (["policy.compile=maybe"], "policy.compile"),
     (["score.gpus_per_actor=-1"], "score.gpus_per_actor"),
     (["eval.pass_k=-1"], "eval.pass_k"),
+    (["sft1.attention_kernel=fa3"], "sft1.attention_kernel"),
 ])
 def test_bad_config_names_the_key(override, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):

@@ -112,11 +112,11 @@ def load_for_training(path: str, lora_rank: int = 0, activation_checkpointing: b
     return model
 
 
-def attention_for(device: torch.device, packed: bool = True) -> str:
+def attention_for(device: torch.device, packed: bool = True, kernel: str = "flash") -> str:
     """Training attention: flash-attn on GPUs that have the package; for packed rows (SFT)
-    else torch's own varlen flash kernel (attention.py, registered here); else SDPA (for
-    packed rows with a block-diagonal mask from the position ids; for padded rows, RL, with
-    the attention mask)."""
+    else torch's own varlen flash kernel, or cuDNN's with kernel="cudnn" (attention.py,
+    registered here); else SDPA (for packed rows with a block-diagonal mask from the position
+    ids; for padded rows, RL, with the attention mask)."""
     if device.type == "cuda":
         try:
             import flash_attn  # noqa: F401
@@ -125,8 +125,8 @@ def attention_for(device: torch.device, packed: bool = True) -> str:
             pass
         from stagent_ray.train import attention
 
-        if packed and attention.varlen_kernel() is not None:
-            attention.register()
+        if packed and (kernel == "cudnn" or attention.varlen_kernel() is not None):
+            attention.register(kernel)
             return attention.VARLEN
     return "sdpa"
 
