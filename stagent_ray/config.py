@@ -177,6 +177,16 @@ class SFTConfig:
 
 
 @dataclass
+class PretrainConfig(SFTConfig):
+    """Next-token training of the tiny model from scratch on synthetic world text
+    (models/lm_corpus.py) before SFT-0: what a pretrained base would bring (copying names and
+    dates). docs: 0 = none, the base stays random weights; only with model.name_or_path=tiny."""
+    docs: int = 0
+    lr: float = 2e-3
+    epochs: int = 1
+
+
+@dataclass
 class RLConfig:
     algorithm: str = "grpo"          # grpo | ppo | gspo
     prompt_set: str = "hard"         # hard: the split's hard queries | all: the whole pool
@@ -275,6 +285,7 @@ class Config:
     serve: ServeConfig = field(default_factory=ServeConfig)
     pool: PoolConfig = field(default_factory=PoolConfig)
     tiny_qa: TinyQAConfig = field(default_factory=TinyQAConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     sft0: SFTConfig = field(default_factory=SFTConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -305,6 +316,7 @@ _CHOICES = {
     "rl.algorithm": {"grpo", "ppo", "gspo"},
     "sft0.attention_kernel": {"flash", "cudnn"},
     "sft1.attention_kernel": {"flash", "cudnn"},
+    "pretrain.attention_kernel": {"flash", "cudnn"},
 }
 
 
@@ -410,6 +422,11 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{dotted}: {value} is outside [0, 1]")
     if cfg.score.gpus_per_actor < 0:
         raise ConfigError(f"score.gpus_per_actor: {cfg.score.gpus_per_actor} must be >= 0")
+    if cfg.pretrain.docs < 0:
+        raise ConfigError(f"pretrain.docs: {cfg.pretrain.docs} must be >= 0 (0: no pretraining)")
+    if cfg.pretrain.docs and cfg.model.name_or_path != "tiny":
+        raise ConfigError(f"pretrain.docs: pretraining is for the tiny model built from scratch, "
+                          f"not model.name_or_path={cfg.model.name_or_path!r}")
     if cfg.eval.pass_k < 0:
         raise ConfigError(f"eval.pass_k: {cfg.eval.pass_k} must be >= 0 (0: greedy only)")
     _validate_faults(cfg.faults)

@@ -55,12 +55,31 @@ def stage_done(cfg: Config, manifest: dict, stage: str) -> bool:
 
 
 def base_checkpoint(cfg: Config) -> str:
-    """The starting model: a hub id / local path, or the tiny model built into the run dir."""
+    """The starting model: a hub id / local path, or the tiny model built into the run dir
+    (pretrained on synthetic world text on Ray Train when pretrain.docs > 0)."""
     if cfg.model.name_or_path != "tiny":
         return cfg.model.name_or_path
     if not exists(cfg.run_dir, "ckpt/base/config.json"):
         from stagent_ray.models.build import build_base_checkpoint
-        build_base_checkpoint(run_path(cfg.run_dir, "ckpt/base"), cfg.model, cfg.world, cfg.seed)
+        if not cfg.pretrain.docs:
+            build_base_checkpoint(run_path(cfg.run_dir, "ckpt/base"), cfg.model, cfg.world,
+                                  cfg.seed)
+        else:
+            from stagent_ray.models.lm_corpus import documents
+            from stagent_ray.runio import write_table
+            from stagent_ray.train.sft import run_sft
+
+            if not exists(cfg.run_dir, "ckpt/base_init/config.json"):
+                build_base_checkpoint(run_path(cfg.run_dir, "ckpt/base_init"), cfg.model,
+                                      cfg.world, cfg.seed)
+            texts = documents(cfg.pretrain.docs, cfg.seed, cfg.world.today)
+            write_table(cfg.run_dir, "data/pretrain_corpus.parquet", [
+                {"query_id": f"lm-{i}", "messages": json.dumps([{"role": "assistant",
+                                                                 "content": text}])}
+                for i, text in enumerate(texts)])
+            # no system prompt: plain text, trained on every token
+            run_sft(cfg, cfg.run_dir, "pretrain", "data/pretrain_corpus.parquet",
+                    run_path(cfg.run_dir, "ckpt/base_init"), "ckpt/base", tool_schemas=[])
     return run_path(cfg.run_dir, "ckpt/base")
 
 

@@ -41,6 +41,8 @@ def test_overrides_are_typed_and_nested():
     (["score.gpus_per_actor=-1"], "score.gpus_per_actor"),
     (["eval.pass_k=-1"], "eval.pass_k"),
     (["sft1.attention_kernel=fa3"], "sft1.attention_kernel"),
+    (["pretrain.docs=-1"], "pretrain.docs"),
+    (["pretrain.docs=100", "model.name_or_path=Qwen/Qwen3-0.6B"], "pretrain.docs"),
 ])
 def test_bad_config_names_the_key(override, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):

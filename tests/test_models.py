@@ -1,5 +1,8 @@
 """Tiny model: build, forward, generate, Hugging Face save/load round trip, LoRA."""
 
+import json
+import random
+
 import torch
 
 from stagent_ray.config import ModelConfig
@@ -58,3 +61,15 @@ def test_lora_merge_round_trip(tmp_path):
     merged = peft_model.merge_and_unload()
     save_checkpoint(merged, tok, str(tmp_path / "merged"))
     assert torch.allclose(load_model(str(tmp_path / "merged"))(ids).logits, expected, atol=1e-4)
+
+
+def test_pretraining_text_states_each_name_twice_and_is_reproducible():
+    from stagent_ray.models.lm_corpus import documents, place_document
+
+    assert documents(20, seed=3, today="2026-06-01") == documents(20, seed=3, today="2026-06-01")
+    assert len(documents(20, seed=3, today="2026-06-01", per_row=4)) == 5
+    rng = random.Random(0)
+    for _ in range(50):  # the name in the JSON record also appears in the prose around it
+        doc = place_document(rng)
+        name = json.loads(doc[doc.index("{"):doc.index("}") + 1])["name"]
+        assert doc.count(name) >= 2, doc
