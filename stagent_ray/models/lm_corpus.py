@@ -75,11 +75,13 @@ def weather_document(rng: random.Random, today: date) -> str:
     return " ".join([prose, record] if rng.random() < 0.5 else [record, prose])
 
 
-def documents(n: int, seed: int, today: str, per_row: int = 4) -> list[str]:
+def documents(n: int, seed: int, today: str, per_row: int = 1) -> list[str]:
     """n documents (three quarters places, an eighth each dates and weather), `per_row` to a
-    string. Places dominate: in-process runs of the probe's kind (1000 steps of 32 single
-    documents) taught the 2.4M model to copy unseen names 0.13 of the time with half the
-    documents places, 0.5-0.8 with places only."""
+    string (a training sample). Places dominate: in-process runs of the probe's kind (1000
+    steps of 32 single documents) taught the 2.4M model to copy unseen names 0.13 of the time
+    with half the documents places, 0.5-0.8 with places only. One document to a sample: with
+    four, the same pretraining through Ray Train taught it almost nothing (1-3 of 48 names
+    copied in scripts/probe_copy.py against 21 of 48)."""
     rng, day = random.Random(seed), date.fromisoformat(today)
     makers = [place_document] * 6 + [lambda r: date_document(r, day),
                                      lambda r: weather_document(r, day)]
