@@ -26,13 +26,12 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from stagent_ray.models.lm_corpus import NOUNS, place_document  # noqa: E402
-from stagent_ray.world.generate import CITY_NAMES, NAME_WORDS  # noqa: E402
+from stagent_ray.models.lm_corpus import made_up_place, place_document  # noqa: E402
+from stagent_ray.world.generate import CITY_NAMES  # noqa: E402
 
 
 def question(rng: random.Random) -> tuple[str, str, str]:
-    noun, _ = rng.choice(NOUNS)
-    name = " ".join(rng.sample(NAME_WORDS, rng.choice([1, 2])) + [noun])
+    name, _ = made_up_place(rng)
     city = rng.choice(CITY_NAMES)
     text = rng.choice([f"When is {name} in {city} open today?",
                        f"What are today's opening hours for {name} ({city})?"])

@@ -30,9 +30,15 @@ def _json(record: dict, rng: random.Random) -> str:
     return json.dumps(record, separators=(",", ":")) if rng.random() < 0.5 else json.dumps(record)
 
 
-def place_document(rng: random.Random) -> str:
+def made_up_place(rng: random.Random) -> tuple[str, str]:
+    """A place name the way the world names its POIs (one or two name words and a category
+    noun), drawn afresh; and its category."""
     noun, category = rng.choice(NOUNS)
-    name = " ".join(rng.sample(NAME_WORDS, rng.choice([1, 2])) + [noun])
+    return " ".join(rng.sample(NAME_WORDS, rng.choice([1, 2])) + [noun]), category
+
+
+def place_document(rng: random.Random) -> str:
+    name, category = made_up_place(rng)
     city = rng.choice(CITY_NAMES)
     district = f"{rng.choice(DISTRICT_FIRST)} {rng.choice(DISTRICT_SECOND)}"
     opens, closes = f"{rng.randrange(6, 12):02d}:{rng.choice(['00', '30'])}", \
