@@ -408,6 +408,7 @@ def validate(cfg: Config) -> Config:
     positive = ["score.n_rollouts", "score.num_actors", "rl.group_size", "rl.steps",
                 "sft0.batch_size", "sft1.batch_size", "rl.prompts_per_step", "rl.mini_batches",
                 "rl.micro_batch_size", "rl.num_workers", "sft0.seq_len", "sft1.seq_len",
+                "pretrain.batch_size", "pretrain.seq_len",
                 "agent.max_turns", "agent.max_tokens", "serve.replicas", "model.num_layers"]
     for dotted in positive:
         section, name = dotted.split(".")
