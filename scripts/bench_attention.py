@@ -10,7 +10,10 @@ query heads, 8 key/value heads, head dim 128, bf16):
   varlen_rep    the same with k/v repeated to every query head (torch without enable_gqa)
   cudnn         aten._cudnn_attention_forward/backward with cumulative sequence lengths
                 (cuDNN's ragged layout; Hopper kernels), k/v repeated, where this torch
-                exposes it (attention.cudnn_varlen_attn: SFT's `attention_kernel: cudnn`)
+                exposes it
+  cudnn_gqa     the same with 8 key/value heads passed as they are
+On torch 2.11 + cuDNN 9.19 (H200) cuDNN's kernels are fast but the op is not usable for
+training: ~58 ms of CPU per call and dq/dk far from the flash kernel's (README, Performance).
 Per kernel: milliseconds for one layer's forward + backward, TFLOP/s of the causal work
 actually done (fwd 2·n²·H·D per sample of n tokens, backward 2.5× that), and the largest
 difference of output and gradients from `varlen`. A kernel that fails reports its error.
@@ -30,7 +33,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from stagent_ray.train.attention import cudnn_varlen_attn, flat_inputs  # noqa: E402
+from stagent_ray.train.attention import flat_inputs  # noqa: E402
 from stagent_ray.train.data import pack  # noqa: E402
 
 HEADS, KV_HEADS, HEAD_DIM = 16, 8, 128
@@ -45,9 +48,13 @@ def varlen(q, k, v, cu, max_len, gqa: bool):
     return varlen_attn(q, k, v, cu, cu, max_len, max_len, window_size=(-1, 0), enable_gqa=True)
 
 
-def cudnn(q, k, v, cu, max_len):
-    k, v = (x.repeat_interleave(HEADS // KV_HEADS, dim=1) for x in (k, v))
-    return cudnn_varlen_attn(q, k, v, cu, cu, max_len, max_len)
+def cudnn(q, k, v, cu, max_len, gqa: bool):
+    if not gqa:
+        k, v = (x.repeat_interleave(HEADS // KV_HEADS, dim=1) for x in (k, v))
+    # aten's autograd formula runs cuDNN's backward (called from Python, the backward op
+    # needs a bias tensor, and an empty one fails: IndexError on torch 2.11)
+    return torch.ops.aten._cudnn_attention_forward(q, k, v, None, cu, cu, max_len, max_len, True,
+                                                   0.0, True, False)[0]                # causal
 
 
 def fwd_bwd(fn, q, k, v, grad_out):
@@ -88,7 +95,8 @@ def main() -> None:
     grad_out = torch.randn_like(q)
     kernels = {"varlen": lambda q, k, v: varlen(q, k, v, cu, args.seq, gqa=True),
                "varlen_rep": lambda q, k, v: varlen(q, k, v, cu, args.seq, gqa=False),
-               "cudnn": lambda q, k, v: cudnn(q, k, v, cu, args.seq)}
+               "cudnn": lambda q, k, v: cudnn(q, k, v, cu, args.seq, gqa=False),
+               "cudnn_gqa": lambda q, k, v: cudnn(q, k, v, cu, args.seq, gqa=True)}
     results, reference = {}, None
     for name, fn in kernels.items():
         try:

@@ -98,14 +98,14 @@ def bench_baseline(config, device, batch: int, seq: int, warmup: int, steps: int
 
 def bench_ours(config, device, batch: int, seq: int, warmup: int, steps: int,
                compiled: bool, activation_checkpointing: bool, attention: str, loss: str,
-               kernel: str = "flash", profile: bool = False) -> dict:
+               profile: bool = False) -> dict:
     from transformers import Qwen3ForCausalLM
 
     torch.manual_seed(0)
     if attention == "auto":
-        attention = attention_for(device, kernel=kernel)
+        attention = attention_for(device)
     elif attention == VARLEN:
-        register(kernel)
+        register()
     config._attn_implementation = attention
     model = Qwen3ForCausalLM(config)  # fp32 master weights; FSDP casts compute to bf16
     model.config.use_cache = False
@@ -156,7 +156,7 @@ def bench_ours(config, device, batch: int, seq: int, warmup: int, steps: int,
     return {"step_s": sec, "tokens_per_s": real / sec, "peak_mem_gb": peak_mem_gb(device),
             "pack_efficiency": round(real / (batch * seq), 4),
             "trained_fraction": round(int(keep.sum()) / real, 4),
-            "attention": config._attn_implementation, "attention_kernel": kernel,
+            "attention": config._attn_implementation,
             "loss": "chunked" if chunked else "logits",
             "compile": compiled, "activation_checkpointing": activation_checkpointing}
 
@@ -173,8 +173,6 @@ def main() -> None:
     ap.add_argument("--activation-checkpointing", action="store_true")
     ap.add_argument("--attention", default="auto", choices=["auto", "sdpa", VARLEN],
                     help="ours: auto = what train/sft.py picks for the device")
-    ap.add_argument("--attention-kernel", default="flash", choices=["flash", "cudnn"],
-                    help="ours, varlen attention: torch's flash kernel or cuDNN's")
     ap.add_argument("--loss", default="auto", choices=["auto", "chunked", "logits"],
                     help="ours: auto = what train/sft.py picks (chunked on GPUs, large vocab)")
     ap.add_argument("--skip-baseline", action="store_true")
@@ -208,7 +206,7 @@ def main() -> None:
         results["baseline"] = bench_baseline(config, device, batch, seq, args.warmup, args.steps)
     results["ours"] = bench_ours(config, device, batch, seq, args.warmup, args.steps,
                                  args.compile, args.activation_checkpointing, args.attention,
-                                 args.loss, args.attention_kernel, args.profile)
+                                 args.loss, args.profile)
     # Ours computes logits only at trained tokens: that lm_head work is not counted.
     flops = {"baseline": flops_tok, "ours": flops_per_token(
         config, n_params, seq, results["ours"]["trained_fraction"])}

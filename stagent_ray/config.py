@@ -170,8 +170,6 @@ class SFTConfig:
     # None: on GPUs for vocabularies of 32k and up. Models with a biased, soft-capped or
     # scaled lm_head keep the logits path.
     chunked_loss: bool | None = None
-    # packed rows on GPUs without flash-attn: torch's varlen flash kernel | cuDNN's (attention.py)
-    attention_kernel: str = "flash"
     checkpoint_every: int = 50
     log_every: int = 10
 
@@ -314,9 +312,6 @@ _CHOICES = {
     "rl.prompt_set": {"hard", "all"},
     "rl.rollout_engine": {"inprocess", "serve"},
     "rl.algorithm": {"grpo", "ppo", "gspo"},
-    "sft0.attention_kernel": {"flash", "cudnn"},
-    "sft1.attention_kernel": {"flash", "cudnn"},
-    "pretrain.attention_kernel": {"flash", "cudnn"},
 }
 
 

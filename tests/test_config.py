@@ -40,7 +40,6 @@ def test_overrides_are_typed_and_nested():
     (["policy.compile=maybe"], "policy.compile"),
     (["score.gpus_per_actor=-1"], "score.gpus_per_actor"),
     (["eval.pass_k=-1"], "eval.pass_k"),
-    (["sft1.attention_kernel=fa3"], "sft1.attention_kernel"),
     (["pretrain.docs=-1"], "pretrain.docs"),
     (["pretrain.batch_size=0"], "pretrain.batch_size"),
     (["pretrain.docs=100", "model.name_or_path=Qwen/Qwen3-0.6B"], "pretrain.docs"),

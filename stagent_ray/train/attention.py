@@ -5,8 +5,6 @@ does that with SDPA and a block-diagonal mask, which rules out SDPA's flash kern
 flash-attn's varlen kernel, a package that is often missing (and absent on our GPU machine).
 PyTorch ships the same varlen flash kernel as `torch.nn.attention.varlen.varlen_attn`; this
 module registers it with transformers as the attention implementation `stagent_varlen`.
-`register("cudnn")` puts cuDNN's attention on ragged rows (its Hopper kernels) behind the same
-name instead: a candidate for more MFU (scripts/bench_attention.py times both).
 
 The model then sees all packed rows of a micro-batch as ONE row of B·T tokens with the
 sample borders in `cu_seq_lens` (see `flat_inputs`), as flash-attn's varlen path does. On
@@ -22,7 +20,6 @@ import torch
 import torch.nn.functional as F
 
 VARLEN = "stagent_varlen"
-KERNELS = ("flash", "cudnn")  # what runs stagent_varlen on GPUs
 _KERNEL = {}  # set by register(): looked up once, not inside compiled layers
 
 
@@ -33,39 +30,6 @@ def varlen_kernel():
     except ImportError:
         return None
     return varlen_attn if "window_size" in inspect.signature(varlen_attn).parameters else None
-
-
-class _CudnnVarlen(torch.autograd.Function):
-    """cuDNN attention on flat [N, H, D] rows (k/v with q's head count) with sample borders
-    `cu` [S+1], causal within each sample."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, cu, max_len: int, scale: float | None):
-        out = torch.ops.aten._cudnn_attention_forward(q, k, v, None, cu, cu, max_len, max_len,
-                                                      True, 0.0, True, False, scale=scale)
-        o, lse, seed, offset = out[0], out[1], out[6], out[7]
-        ctx.save_for_backward(q, k, v, o, lse, seed, offset, cu)
-        ctx.max_len, ctx.scale = max_len, scale
-        return o
-
-    @staticmethod
-    def backward(ctx, grad):
-        q, k, v, o, lse, seed, offset, cu = ctx.saved_tensors
-        no_bias = q.new_empty(0)
-        dq, dk, dv = torch.ops.aten._cudnn_attention_backward(
-            grad.contiguous(), q, k, v, o, lse, seed, offset, no_bias, cu, cu, ctx.max_len,
-            ctx.max_len, 0.0, True, scale=ctx.scale)
-        return dq, dk, dv, None, None, None
-
-
-# These aten ops have no fake kernels, so compiled layers run them outside their graphs.
-@torch.compiler.disable
-def cudnn_varlen_attn(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, scale=None,
-                      window_size=(-1, 0)):
-    """varlen_attn's signature (causal only; cu_seq_k and max_k equal to the q ones)."""
-    if tuple(window_size) != (-1, 0):
-        raise ValueError("the cuDNN path is causal attention only")
-    return _CudnnVarlen.apply(q, k, v, cu_seq_q, max_q, scale)
 
 
 def varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
@@ -95,16 +59,13 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
     return torch.cat(outs).unsqueeze(0), None
 
 
-def register(kernel: str = "flash") -> None:
-    """Make `attn_implementation="stagent_varlen"` known to transformers (per process), run
-    on GPUs by torch's varlen flash kernel or by cuDNN (k/v then repeated to every head)."""
+def register() -> None:
+    """Make `attn_implementation="stagent_varlen"` known to transformers (per process)."""
     from transformers import AttentionInterface
 
-    if kernel not in KERNELS:
-        raise ValueError(f"attention kernel {kernel!r}: not one of {KERNELS}")
-    fn = varlen_kernel() if kernel == "flash" else cudnn_varlen_attn
-    if fn is not None:
-        _KERNEL.update(fn=fn, gqa="enable_gqa" in inspect.signature(fn).parameters)
+    kernel = varlen_kernel()
+    if kernel is not None:
+        _KERNEL.update(fn=kernel, gqa="enable_gqa" in inspect.signature(kernel).parameters)
     AttentionInterface.register(VARLEN, varlen_attention)
 
 

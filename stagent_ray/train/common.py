@@ -112,10 +112,9 @@ def load_for_training(path: str, lora_rank: int = 0, activation_checkpointing: b
     return model
 
 
-def attention_for(device: torch.device, packed: bool = True, kernel: str = "flash") -> str:
+def attention_for(device: torch.device, packed: bool = True) -> str:
     """Training attention: flash-attn on GPUs that have the package; for packed rows (SFT)
-    else torch's own varlen flash kernel, or cuDNN's with kernel="cudnn" (attention.py,
-    registered here); else SDPA (for packed rows with a block-diagonal mask from the position
+    else torch's own varlen flash kernel (attention.py, registered here); else SDPA (for packed rows with a block-diagonal mask from the position
     ids; for padded rows, RL, with the attention mask)."""
     if device.type == "cuda":
         try:
@@ -125,8 +124,8 @@ def attention_for(device: torch.device, packed: bool = True, kernel: str = "flas
             pass
         from stagent_ray.train import attention
 
-        if packed and (kernel == "cudnn" or attention.varlen_kernel() is not None):
-            attention.register(kernel)
+        if packed and attention.varlen_kernel() is not None:
+            attention.register()
             return attention.VARLEN
     return "sdpa"
 
