@@ -114,8 +114,9 @@ def load_for_training(path: str, lora_rank: int = 0, activation_checkpointing: b
 
 def attention_for(device: torch.device, packed: bool = True) -> str:
     """Training attention: flash-attn on GPUs that have the package; for packed rows (SFT)
-    else torch's own varlen flash kernel (attention.py, registered here); else SDPA (for packed rows with a block-diagonal mask from the position
-    ids; for padded rows, RL, with the attention mask)."""
+    else torch's own varlen flash kernel (attention.py, registered here); else SDPA (for
+    packed rows with a block-diagonal mask from the position ids; for padded rows, RL, with
+    the attention mask)."""
     if device.type == "cuda":
         try:
             import flash_attn  # noqa: F401
