@@ -5,7 +5,8 @@
 
 Per seed it runs the whole cascade (`stagent-ray run`: pool, tiny_qa, sft0, score, split,
 sft1, rl, eval, report) in <run_dir>/seed<k>, then the ablations in the same run directory,
-from the same artifacts:
+from the same artifacts (with `pretrain.docs` > 0 the tiny model is pretrained once, with the
+first seed, in <run_dir>/base, and every seed starts from that base):
   teacher   the teacher itself (its sampling noise on), the bar to reach
   sft0      SFT-0 on the tiny teacher set
   sft1      SFT-1: SFT-0 further trained on the certain QAs (the recipe)
@@ -47,7 +48,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from stagent_ray.config import load_config  # noqa: E402
 from stagent_ray.models.chat_format import UNSOLVED_MARKER  # noqa: E402
-from stagent_ray.pipeline import rl_prompt_config, run_pipeline  # noqa: E402
+from stagent_ray.pipeline import base_checkpoint, rl_prompt_config, run_pipeline  # noqa: E402
+from stagent_ray.ray_setup import init_ray  # noqa: E402
 from stagent_ray.runio import (exists, read_json, read_table, run_path,  # noqa: E402
                                write_json, write_table)
 from stagent_ray.stages.evaluate import final_answer  # noqa: E402
@@ -256,10 +258,19 @@ def main() -> None:
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731 - stdout is the JSON
 
     t0 = time.time()
+    base = load_config(args.config, args.overrides)
+    seed_overrides = []
+    if base.pretrain.docs:
+        # One pretrained base for every seed, as a hub model would be: the seeds vary the
+        # cascade, not its starting point (and on CPU pretraining costs as much as a seed).
+        init_ray(base.ray)
+        base_cfg = replace(base, run_dir=f"{os.path.abspath(base.run_dir)}/base",
+                           seed=args.seeds[0])
+        log(f"== pretrained base (seed {args.seeds[0]}): {base_cfg.run_dir}")
+        seed_overrides = [f"model.name_or_path={base_checkpoint(base_cfg)}", "pretrain.docs=0"]
     run_dirs, training, stage_seconds = {}, {}, {}
     for seed in args.seeds:
-        base = load_config(args.config, args.overrides)
-        cfg = load_config(args.config, args.overrides + [
+        cfg = load_config(args.config, args.overrides + seed_overrides + [
             f"seed={seed}", f"run_dir={os.path.abspath(base.run_dir)}/seed{seed}"])
         log(f"== seed {seed}: {cfg.run_dir}")
         if run_pipeline(cfg, log=log) != 0:
