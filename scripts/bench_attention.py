@@ -12,7 +12,10 @@ query heads, 8 key/value heads, head dim 128, bf16):
                 (cuDNN's ragged layout; Hopper kernels), k/v repeated, where this torch
                 exposes it
   cudnn_gqa     the same with 8 key/value heads passed as they are
-On torch 2.11 + cuDNN 9.19 (H200) cuDNN's kernels are fast but the op is not usable for
+  cudnn_graph   cuDNN's kernels through our own cudnn-frontend graphs, built once per shape
+                (train/cudnn_attention.py: what `attention_kernel: cudnn` runs), GQA in the
+                kernel; needs the nvidia-cudnn-frontend package
+On torch 2.11 + cuDNN 9.19 (H200) cuDNN's kernels are fast but torch's op is not usable for
 training: ~58 ms of CPU per call and dq/dk far from the flash kernel's (README, Performance).
 Per kernel: milliseconds for one layer's forward + backward, TFLOP/s of the causal work
 actually done (fwd 2·n²·H·D per sample of n tokens, backward 2.5× that), and the largest
@@ -33,6 +36,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from stagent_ray.train import cudnn_attention  # noqa: E402
 from stagent_ray.train.attention import flat_inputs  # noqa: E402
 from stagent_ray.train.data import pack  # noqa: E402
 
@@ -96,7 +100,8 @@ def main() -> None:
     kernels = {"varlen": lambda q, k, v: varlen(q, k, v, cu, args.seq, gqa=True),
                "varlen_rep": lambda q, k, v: varlen(q, k, v, cu, args.seq, gqa=False),
                "cudnn": lambda q, k, v: cudnn(q, k, v, cu, args.seq, gqa=False),
-               "cudnn_gqa": lambda q, k, v: cudnn(q, k, v, cu, args.seq, gqa=True)}
+               "cudnn_gqa": lambda q, k, v: cudnn(q, k, v, cu, args.seq, gqa=True),
+               "cudnn_graph": lambda q, k, v: cudnn_attention.attention(q, k, v, cu, args.seq)}
     results, reference = {}, None
     for name, fn in kernels.items():
         try:
@@ -118,7 +123,7 @@ def main() -> None:
                                       for a, b in zip(got, reference)]}  # out, dq, dk, dv
     print(json.dumps({"bench": "attention", "device": torch.cuda.get_device_name(),
                       "torch": torch.__version__, "rows": args.rows, "seq": args.seq,
-                      "samples": len(lengths), "tokens": total, "heads": [HEADS, KV_HEADS],
+                      "samples": int((lengths > 0).sum()), "tokens": total, "heads": [HEADS, KV_HEADS],
                       "head_dim": HEAD_DIM, "causal_flops": flops, **results}))
 
 

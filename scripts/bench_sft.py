@@ -8,8 +8,10 @@ Prints ONE JSON line: tokens/s, MFU (GPU) and peak memory of
             random tokens, `model(input_ids, labels=input_ids).loss`;
   ours:     the step train/sft.py runs in each Ray Train worker — fp32 master weights
             sharded with FSDP2 (world of 1 here) under bf16 mixed precision, packed rows
-            (varlen flash attention on GPUs: flash-attn if installed, else torch's kernel,
-            train/attention.py; SDPA with a block mask otherwise), logits and loss on the
+            (varlen attention on GPUs: cuDNN's fused kernels where cudnn-frontend is
+            installed on Hopper, else flash-attn if installed, else torch's flash kernel,
+            `--attention-kernel` to choose, train/attention.py; SDPA with a block mask
+            otherwise), logits and loss on the
             trained tokens only (by default in row chunks, without the [N, V] logits:
             sft.LinearCrossEntropy; `--loss logits` for the full logits), clipping, AdamW;
             `--compile` compiles each decoder layer (sft.compile). MFU counts only the
@@ -37,7 +39,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from stagent_ray.train.common import (adamw, attention_for, compile_layers,  # noqa: E402
                                       flops_per_token, grad_norm_and_clip, peak_flops,
                                       shard_model)
-from stagent_ray.train.attention import VARLEN, register  # noqa: E402
+from stagent_ray.train.attention import _KERNEL, KERNELS, VARLEN, register  # noqa: E402
 from stagent_ray.train.data import pack  # noqa: E402
 from stagent_ray.train.sft import (attach_packed_nll, packed_loss,  # noqa: E402
                                    use_chunked_loss)
@@ -98,14 +100,14 @@ def bench_baseline(config, device, batch: int, seq: int, warmup: int, steps: int
 
 def bench_ours(config, device, batch: int, seq: int, warmup: int, steps: int,
                compiled: bool, activation_checkpointing: bool, attention: str, loss: str,
-               profile: bool = False) -> dict:
+               kernel: str = "auto", profile: bool = False) -> dict:
     from transformers import Qwen3ForCausalLM
 
     torch.manual_seed(0)
     if attention == "auto":
-        attention = attention_for(device)
+        attention = attention_for(device, kernel=kernel)
     elif attention == VARLEN:
-        register()
+        register("flash" if kernel == "auto" else kernel)
     config._attn_implementation = attention
     model = Qwen3ForCausalLM(config)  # fp32 master weights; FSDP casts compute to bf16
     model.config.use_cache = False
@@ -157,6 +159,7 @@ def bench_ours(config, device, batch: int, seq: int, warmup: int, steps: int,
             "pack_efficiency": round(real / (batch * seq), 4),
             "trained_fraction": round(int(keep.sum()) / real, 4),
             "attention": config._attn_implementation,
+            "attention_kernel": _KERNEL.get("name") if attention == VARLEN else None,
             "loss": "chunked" if chunked else "logits",
             "compile": compiled, "activation_checkpointing": activation_checkpointing}
 
@@ -173,6 +176,8 @@ def main() -> None:
     ap.add_argument("--activation-checkpointing", action="store_true")
     ap.add_argument("--attention", default="auto", choices=["auto", "sdpa", VARLEN],
                     help="ours: auto = what train/sft.py picks for the device")
+    ap.add_argument("--attention-kernel", default="auto", choices=["auto", *KERNELS],
+                    help="ours, varlen attention on GPUs: auto = what train/sft.py picks")
     ap.add_argument("--loss", default="auto", choices=["auto", "chunked", "logits"],
                     help="ours: auto = what train/sft.py picks (chunked on GPUs, large vocab)")
     ap.add_argument("--skip-baseline", action="store_true")
@@ -206,7 +211,7 @@ def main() -> None:
         results["baseline"] = bench_baseline(config, device, batch, seq, args.warmup, args.steps)
     results["ours"] = bench_ours(config, device, batch, seq, args.warmup, args.steps,
                                  args.compile, args.activation_checkpointing, args.attention,
-                                 args.loss, args.profile)
+                                 args.loss, args.attention_kernel, args.profile)
     # Ours computes logits only at trained tokens: that lm_head work is not counted.
     flops = {"baseline": flops_tok, "ours": flops_per_token(
         config, n_params, seq, results["ours"]["trained_fraction"])}

@@ -170,6 +170,10 @@ class SFTConfig:
     # None: on GPUs for vocabularies of 32k and up. Models with a biased, soft-capped or
     # scaled lm_head keep the logits path.
     chunked_loss: bool | None = None
+    # packed rows on GPUs: auto | flash (torch's varlen kernel, or the flash-attn package)
+    # | cudnn (cuDNN's fused attention: Hopper+, needs nvidia-cudnn-frontend). auto = cudnn
+    # where it can run, else flash (train/attention.py)
+    attention_kernel: str = "auto"
     checkpoint_every: int = 50
     log_every: int = 10
 
@@ -312,6 +316,8 @@ _CHOICES = {
     "rl.prompt_set": {"hard", "all"},
     "rl.rollout_engine": {"inprocess", "serve"},
     "rl.algorithm": {"grpo", "ppo", "gspo"},
+    **{f"{stage}.attention_kernel": {"auto", "flash", "cudnn"}
+       for stage in ("pretrain", "sft0", "sft1")},
 }
 
 

@@ -43,6 +43,7 @@ def test_overrides_are_typed_and_nested():
     (["pretrain.docs=-1"], "pretrain.docs"),
     (["pretrain.batch_size=0"], "pretrain.batch_size"),
     (["pretrain.docs=100", "model.name_or_path=Qwen/Qwen3-0.6B"], "pretrain.docs"),
+    (["sft1.attention_kernel=fa3"], "sft1.attention_kernel"),
 ])
 def test_bad_config_names_the_key(override, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):

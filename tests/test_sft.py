@@ -11,7 +11,7 @@ from stagent_ray.config import ModelConfig
 from stagent_ray.models.build import build_tiny_model
 from stagent_ray.models.chat_format import format_tool_call, render_ids
 from stagent_ray.models.tokenizer import SYNTAX_LINES, train_tokenizer
-from stagent_ray.train.attention import VARLEN, register
+from stagent_ray.train.attention import KERNELS, VARLEN, flat_inputs, register
 from stagent_ray.train.data import batch_rows, pack, steps_per_epoch, tokenize_rows
 from stagent_ray.train.sft import (LinearCrossEntropy, attach_packed_nll, chunked_loss_supported,
                                    lr_factor, packed_logits, sft_loss)
@@ -125,6 +125,21 @@ def test_packed_loss_equals_unpacked(tok, attn):
         assert abs(mean_loss_packed(model, leaky) - reference) > 1e-3
 
 
+def test_flat_inputs_pad_sample_borders_to_a_power_of_two():
+    """Packed rows -> one flat row whose sample borders are padded with empty samples (so
+    cuDNN's graphs are few); the cuDNN kernel, asked for where it cannot run, says why."""
+    pos = torch.tensor([[0, 1, 2, 0, 1], [0, 1, 0, 1, 2]])
+    cu = flat_inputs(pos * 0, pos)["cu_seq_lens_q"]
+    assert cu.tolist() == [0, 3, 5, 7] + [10] * 13                        # 16 slots, 12 empty
+    pos = torch.zeros(1, 17, dtype=torch.long)                             # 17 one-token samples
+    assert len(flat_inputs(pos, pos)["cu_seq_lens_q"]) == 33
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="nvidia-cudnn-frontend"):
+            register("cudnn")
+    with pytest.raises(ValueError, match="expected one of"):
+        register("fa3")
+
+
 @pytest.mark.parametrize("frozen_weight", [False, True])
 def test_chunked_cross_entropy_equals_full_logits(frozen_weight):
     """LinearCrossEntropy (row chunks, gradients made in forward) gives the loss and the
@@ -204,14 +219,23 @@ def test_lr_warmup_then_cosine():
     assert lr_factor(0, warmup=0, total=1) == 1.0
 
 
+def _needs(kernel: str) -> None:
+    from stagent_ray.train import cudnn_attention
+
+    if kernel == "cudnn" and not cudnn_attention.available():
+        pytest.skip("cuDNN kernel: needs a Hopper GPU and nvidia-cudnn-frontend")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_varlen_kernel_matches_masked_sdpa_on_gpu(tok):
-    """torch's varlen flash kernel (what SFT uses on GPUs without flash-attn) gives the loss
-    and gradients of the SDPA block-mask path, in bf16."""
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_varlen_kernel_matches_masked_sdpa_on_gpu(tok, kernel):
+    """torch's varlen flash kernel and cuDNN's (sft.attention_kernel) give the loss and
+    gradients of the SDPA block-mask path, in bf16."""
     from stagent_ray.train.attention import _KERNEL
 
-    register()
+    _needs(kernel)
+    register(kernel)
     assert _KERNEL.get("fn") is not None, "this torch has no causal varlen_attn"
     model = build_tiny_model(TINY, tok, seed=3).cuda().to(torch.bfloat16)
     samples = [render_ids(tok, conversation(i)) for i in range(7)]
@@ -227,9 +251,54 @@ def test_varlen_kernel_matches_masked_sdpa_on_gpu(tok):
                         t["labels"][keep])
         loss.backward()
         results[attn] = (float(loss), model.model.layers[0].self_attn.q_proj.weight.grad.float())
+    register()  # back to the default kernel for the tests that follow
     (a, ga), (b, gb) = results["sdpa"], results[VARLEN]
     assert abs(a - b) < 2e-2 * abs(a)
     assert torch.nn.functional.cosine_similarity(ga.flatten(), gb.flatten(), dim=0) > 0.99
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cudnn_attention_is_as_close_to_exact_as_flash_on_gpu():
+    """cuDNN's packed-row attention (GQA, head dim 128, empty padding samples) against
+    float32 attention sample by sample: output and gradients no further off than torch's
+    flash kernel on the same bf16 inputs."""
+    from stagent_ray.train import cudnn_attention
+    from stagent_ray.train.attention import varlen_kernel
+
+    _needs("cudnn")
+    torch.manual_seed(0)
+    lengths = [300, 17, 1024, 1, 700]
+    cu = torch.tensor([0, *np.cumsum(lengths), *[sum(lengths)] * 11], dtype=torch.int32,
+                      device="cuda")                                    # 16 slots, 11 empty
+    n = sum(lengths)
+    q = torch.randn(n, 16, 128, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(n, 8, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    grad_out = torch.randn_like(q)
+
+    def run(fn, dtype):
+        x = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
+        out = fn(*x)
+        out.backward(grad_out.to(dtype))
+        return [out.float(), *(t.grad.float() for t in x)]
+
+    def exact(q, k, v):
+        outs, b = [], cu.tolist()
+        for a, e in zip(b[:-1], b[1:]):
+            if a < e:
+                s = [t[a:e].transpose(0, 1) for t in (q, k, v)]
+                outs.append(torch.nn.functional.scaled_dot_product_attention(
+                    *s, is_causal=True, enable_gqa=True).transpose(0, 1))
+        return torch.cat(outs)
+
+    flash = varlen_kernel()
+    reference = run(exact, torch.float32)
+    ours = run(lambda q, k, v: cudnn_attention.attention(q, k, v, cu, 1024), torch.bfloat16)
+    theirs = run(lambda q, k, v: flash(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1),
+                                       cu, cu, 1024, 1024, window_size=(-1, 0)), torch.bfloat16)
+    for name, r, a, b in zip(("out", "dq", "dk", "dv"), reference, ours, theirs):
+        err_ours, err_flash = (r - a).abs().max().item(), (r - b).abs().max().item()
+        assert err_ours <= 2 * err_flash + 1e-2, (name, err_ours, err_flash)
 
 
 @pytest.mark.gpu

@@ -4,7 +4,9 @@ Training rows hold several samples (data.pack); attention must stay inside each.
 does that with SDPA and a block-diagonal mask, which rules out SDPA's flash kernel, or with
 flash-attn's varlen kernel, a package that is often missing (and absent on our GPU machine).
 PyTorch ships the same varlen flash kernel as `torch.nn.attention.varlen.varlen_attn`; this
-module registers it with transformers as the attention implementation `stagent_varlen`.
+module registers it with transformers as the attention implementation `stagent_varlen`; on
+Hopper GPUs with cudnn-frontend installed it can run cuDNN's fused attention instead
+(`register("cudnn")`, cudnn_attention.py: about twice as fast there).
 
 The model then sees all packed rows of a micro-batch as ONE row of B·T tokens with the
 sample borders in `cu_seq_lens` (see `flat_inputs`), as flash-attn's varlen path does. On
@@ -20,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 VARLEN = "stagent_varlen"
+KERNELS = ("flash", "cudnn")  # torch's varlen flash kernel | cuDNN's (cudnn_attention.py)
 _KERNEL = {}  # set by register(): looked up once, not inside compiled layers
 
 
@@ -41,6 +44,11 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
         raise ValueError(f"{VARLEN} needs one flat row and its cu_seq_lens_q "
                          "(stagent_ray.train.attention.flat_inputs builds both)")
     q, k, v = (x[0].transpose(0, 1).contiguous() for x in (query, key, value))  # [N, H, D]
+    if q.is_cuda and _KERNEL.get("name") == "cudnn":
+        from stagent_ray.train import cudnn_attention
+
+        return cudnn_attention.attention(q, k, v, cu_seq_lens_q, max_length_q,
+                                         scaling).unsqueeze(0), None
     groups = q.shape[1] // k.shape[1]
     kernel, gqa = _KERNEL.get("fn") if q.is_cuda else None, _KERNEL.get("gqa", False)
     if kernel is not None:
@@ -53,29 +61,44 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
     borders = cu_seq_lens_q.tolist()
     outs = []
     for a, b in zip(borders[:-1], borders[1:]):                     # one sample at a time
+        if a == b:  # the empty samples flat_inputs pads with
+            continue
         qs, ks, vs = (x[a:b].transpose(0, 1) for x in (q, k, v))    # [H, n, D]
         outs.append(F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scaling,
                                                    enable_gqa=groups > 1).transpose(0, 1))
     return torch.cat(outs).unsqueeze(0), None
 
 
-def register() -> None:
-    """Make `attn_implementation="stagent_varlen"` known to transformers (per process)."""
+def register(kernel: str = "flash") -> None:
+    """Make `attn_implementation="stagent_varlen"` known to transformers (per process), its
+    GPU kernel one of KERNELS."""
     from transformers import AttentionInterface
 
-    kernel = varlen_kernel()
-    if kernel is not None:
-        _KERNEL.update(fn=kernel, gqa="enable_gqa" in inspect.signature(kernel).parameters)
+    if kernel not in KERNELS:
+        raise ValueError(f"attention kernel {kernel!r}: expected one of {KERNELS}")
+    if kernel == "cudnn":
+        from stagent_ray.train import cudnn_attention
+
+        if not cudnn_attention.available():
+            raise RuntimeError("attention kernel 'cudnn' needs a Hopper (or newer) GPU and the "
+                               "nvidia-cudnn-frontend package (pip install stagent-ray[cudnn])")
+    _KERNEL["name"] = kernel
+    fn = varlen_kernel()
+    if fn is not None:
+        _KERNEL.update(fn=fn, gqa="enable_gqa" in inspect.signature(fn).parameters)
     AttentionInterface.register(VARLEN, varlen_attention)
 
 
 def flat_inputs(input_ids: torch.Tensor, position_ids: torch.Tensor) -> dict:
     """[B, T] packed rows -> model kwargs for one row of B·T tokens. A sample starts where
     its position id is 0 (padding too is its own sample). max_length is T: no sample spans
-    rows, and a constant keeps compiled layers from recompiling per batch."""
+    rows, and a constant keeps compiled layers from recompiling per batch. The sample count
+    is padded with empty samples to a power of two (at least 16): cuDNN builds a graph per
+    count, and the flash kernel skips empty samples."""
     pos = position_ids.reshape(1, -1)
     starts = (pos[0] == 0).nonzero().squeeze(1)
-    total = torch.tensor([pos.shape[1]], device=pos.device)
+    slots = max(16, 1 << (len(starts) - 1).bit_length())
+    total = torch.full((slots + 1 - len(starts),), pos.shape[1], device=pos.device)
     cu = torch.cat([starts, total]).to(torch.int32)
     T = input_ids.shape[1]
     return {"input_ids": input_ids.reshape(1, -1), "position_ids": pos,

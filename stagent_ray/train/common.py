@@ -112,19 +112,23 @@ def load_for_training(path: str, lora_rank: int = 0, activation_checkpointing: b
     return model
 
 
-def attention_for(device: torch.device, packed: bool = True) -> str:
-    """Training attention: flash-attn on GPUs that have the package; for packed rows (SFT)
-    else torch's own varlen flash kernel (attention.py, registered here); else SDPA (for
-    packed rows with a block-diagonal mask from the position ids; for padded rows, RL, with
-    the attention mask)."""
+def attention_for(device: torch.device, packed: bool = True, kernel: str = "auto") -> str:
+    """Training attention on GPUs, for packed rows (SFT): cuDNN's fused attention with
+    kernel="cudnn", or with "auto" where it can run (attention.py, registered here); else
+    the flash-attn package if installed; else torch's own varlen flash kernel. Elsewhere
+    SDPA (for packed rows with a block-diagonal mask from the position ids; for padded rows,
+    RL, with the attention mask)."""
     if device.type == "cuda":
+        from stagent_ray.train import attention, cudnn_attention
+
+        if packed and (kernel == "cudnn" or kernel == "auto" and cudnn_attention.available()):
+            attention.register("cudnn")
+            return attention.VARLEN
         try:
             import flash_attn  # noqa: F401
             return "flash_attention_2"
         except ImportError:
             pass
-        from stagent_ray.train import attention
-
         if packed and attention.varlen_kernel() is not None:
             attention.register()
             return attention.VARLEN
