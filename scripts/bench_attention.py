@@ -101,7 +101,8 @@ def main() -> None:
                "varlen_rep": lambda q, k, v: varlen(q, k, v, cu, args.seq, gqa=False),
                "cudnn": lambda q, k, v: cudnn(q, k, v, cu, args.seq, gqa=False),
                "cudnn_gqa": lambda q, k, v: cudnn(q, k, v, cu, args.seq, gqa=True),
-               "cudnn_graph": lambda q, k, v: cudnn_attention.attention(q, k, v, cu, args.seq)}
+               "cudnn_graph": lambda q, k, v: cudnn_attention.attention(q, k, v, cu,
+                                                                        args.seq)}
     results, reference = {}, None
     for name, fn in kernels.items():
         try:

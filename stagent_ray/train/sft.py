@@ -432,7 +432,8 @@ def run_sft(cfg, run_dir: str, stage: str, data_relative: str, init_checkpoint: 
               "grad_clip": sft.grad_clip, "lora_rank": sft.lora_rank if sft.lora else 0,
               "merge_lora": merge_lora, "activation_checkpointing": sft.activation_checkpointing,
               "compile": sft.compile, "chunked_loss": sft.chunked_loss,
-              "attention_kernel": sft.attention_kernel, "log_every": sft.log_every, "checkpoint_every": sft.checkpoint_every,
+              "attention_kernel": sft.attention_kernel, "log_every": sft.log_every,
+              "checkpoint_every": sft.checkpoint_every,
               "fail_at_step": fail_at_step}
     result = fit_on_ray_train(train_loop, config, name, run_dir, sft.num_workers,
                               failure_config, CHECKPOINTS_TO_KEEP)
