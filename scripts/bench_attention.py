@@ -101,8 +101,7 @@ def main() -> None:
                "varlen_rep": lambda q, k, v: varlen(q, k, v, cu, args.seq, gqa=False),
                "cudnn": lambda q, k, v: cudnn(q, k, v, cu, args.seq, gqa=False),
                "cudnn_gqa": lambda q, k, v: cudnn(q, k, v, cu, args.seq, gqa=True),
-               "cudnn_graph": lambda q, k, v: cudnn_attention.attention(q, k, v, cu,
-                                                                        args.seq)}
+               "cudnn_graph": lambda q, k, v: cudnn_attention.attention(q, k, v, cu, args.seq)}
     results, reference = {}, None
     for name, fn in kernels.items():
         try:
@@ -124,7 +123,8 @@ def main() -> None:
                                       for a, b in zip(got, reference)]}  # out, dq, dk, dv
     print(json.dumps({"bench": "attention", "device": torch.cuda.get_device_name(),
                       "torch": torch.__version__, "rows": args.rows, "seq": args.seq,
-                      "samples": int((lengths > 0).sum()), "tokens": total, "heads": [HEADS, KV_HEADS],
+                      "samples": int((lengths > 0).sum()), "tokens": total,
+                      "heads": [HEADS, KV_HEADS],
                       "head_dim": HEAD_DIM, "causal_flops": flops, **results}))
 
 
