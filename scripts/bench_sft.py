@@ -107,7 +107,7 @@ def bench_ours(config, device, batch: int, seq: int, warmup: int, steps: int,
     if attention == "auto":
         attention = attention_for(device, kernel=kernel)
     elif attention == VARLEN:
-        register("flash" if kernel == "auto" else kernel)
+        register(kernel)
     config._attn_implementation = attention
     model = Qwen3ForCausalLM(config)  # fp32 master weights; FSDP casts compute to bf16
     model.config.use_cache = False

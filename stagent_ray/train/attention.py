@@ -72,14 +72,16 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
 
 def register(kernel: str = "flash") -> None:
     """Make `attn_implementation="stagent_varlen"` known to transformers (per process), its
-    GPU kernel one of KERNELS."""
+    GPU kernel one of KERNELS, or "auto": cuDNN's where it can run, else flash."""
     from transformers import AttentionInterface
 
-    if kernel not in KERNELS:
-        raise ValueError(f"attention kernel {kernel!r}: expected one of {KERNELS}")
-    if kernel == "cudnn":
-        from stagent_ray.train import cudnn_attention
+    from stagent_ray.train import cudnn_attention
 
+    if kernel == "auto":
+        kernel = "cudnn" if cudnn_attention.available() else "flash"
+    if kernel not in KERNELS:
+        raise ValueError(f"attention kernel {kernel!r}: expected one of {KERNELS} or auto")
+    if kernel == "cudnn":
         if not cudnn_attention.available():
             raise RuntimeError("attention kernel 'cudnn' needs a Hopper (or newer) GPU and the "
                                "nvidia-cudnn-frontend package (pip install stagent-ray[cudnn])")
