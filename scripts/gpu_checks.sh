@@ -2,9 +2,9 @@
 # The GPU checks for issue 6, in one go (for the device machine: torch + transformers, no Ray
 # needed): the attention kernels for packed rows, bench_sft.py at batches 24 and 16 with
 # cuDNN's and with the flash attention kernel, the tests marked `gpu`, then batch 8 beside
-# the plain transformers baseline (~6 min). Wheels in .whl/ (nvidia-cudnn-frontend for the cuDNN kernel) are
-# installed first; if the cuDNN kernel cannot run, the script stops there. Every step is cut
-# to fit BUDGET_S seconds in all (default 540). JSON lines go to $OUT (or ./gpu_out).
+# the plain transformers baseline (~6 min). Wheels in .whl/ (nvidia-cudnn-frontend for the
+# cuDNN kernel) are installed first; if the cuDNN kernel cannot run, the script stops there.
+# Every step is cut to fit BUDGET_S seconds in all (default 540). JSON lines go to $OUT.
 #   bash scripts/gpu_checks.sh
 set -u
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"

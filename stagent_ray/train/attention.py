@@ -81,10 +81,9 @@ def register(kernel: str = "flash") -> None:
         kernel = "cudnn" if cudnn_attention.available() else "flash"
     if kernel not in KERNELS:
         raise ValueError(f"attention kernel {kernel!r}: expected one of {KERNELS} or auto")
-    if kernel == "cudnn":
-        if not cudnn_attention.available():
-            raise RuntimeError("attention kernel 'cudnn' needs a Hopper (or newer) GPU and the "
-                               "nvidia-cudnn-frontend package (pip install stagent-ray[cudnn])")
+    if kernel == "cudnn" and not cudnn_attention.available():
+        raise RuntimeError("attention kernel 'cudnn' needs a Hopper (or newer) GPU and the "
+                           "nvidia-cudnn-frontend package (pip install stagent-ray[cudnn])")
     _KERNEL["name"] = kernel
     fn = varlen_kernel()
     if fn is not None:
