@@ -24,6 +24,9 @@ difference in verified rate on the same queries with its own interval.
 Re-running resumes: finished stages and ablations are skipped. `--ablations` picks which
 ablations run: all (default), none (the recipe's own rows only, for a time-limited machine)
 or a comma-separated list; a later call with more adds them to the same run directories.
+`--fresh-eval N` then evaluates every row again on a second eval set, N new queries a family
+that are in neither the pool nor the first eval set (the one the configuration's settings
+were chosen on), and builds the table from it; the first set's claims are kept beside it.
 
 Prints ONE JSON line (also written to --out, with the command that produced it) and, with
 --plot, a bar chart of verified rate with its intervals.
@@ -120,27 +123,60 @@ def training_summary(run_dir: str, names: list[str]) -> dict:
     return out
 
 
-def evaluate_students(cfg, log, names: list[str]) -> None:
-    """Greedy eval of each named checkpoint the pipeline's eval stage did not cover (one pool
-    of rollout actors for all of them)."""
+def evaluate_rows(cfg, log, names: list[str], eval_set: str = "eval") -> None:
+    """Eval of each named row on data/<eval_set>.parquet that is not done yet (results in
+    <eval_set>/): the teacher samples, every checkpoint answers greedily (one pool of rollout
+    actors for all of them). On the first eval set the pipeline's eval stage did some."""
     from stagent_ray.stages.evaluate import checkpoint_engine, evaluate_models
 
     run_dir = cfg.run_dir
-    todo = [n for n in names if not exists(run_dir, f"eval/{n}_greedy_trajectories.parquet")]
+    queries = read_table(run_dir, f"data/{eval_set}.parquet")
+    if "teacher" in names and not exists(run_dir,
+                                         f"{eval_set}/teacher_sampled_trajectories.parquet"):
+        log(f"[{eval_set} teacher] running")
+        evaluate_models(cfg, run_dir, {"teacher": asdict(cfg.teacher)}, queries,
+                        [("sampled", None, 1)], out_dir=eval_set)
+    todo = [n for n in names if n != "teacher"
+            and not exists(run_dir, f"{eval_set}/{n}_greedy_trajectories.parquet")]
     if todo:
-        log(f"[eval {' '.join(todo)}] running")
+        log(f"[{eval_set} {' '.join(todo)}] running")
         evaluate_models(cfg, run_dir, {n: checkpoint_engine(cfg, run_dir, n) for n in todo},
-                        read_table(run_dir, "data/eval.parquet"), [("greedy", 0.0, 1)])
+                        queries, [("greedy", 0.0, 1)], out_dir=eval_set)
+
+
+def write_fresh_eval_set(cfg, per_family: int) -> str:
+    """data/eval_fresh<N>.parquet: `per_family` new queries of each family, in none of the
+    pool and the first eval set (on which the configuration's settings were chosen), so the
+    claims can be tested on queries no choice has seen. Returns the set's name."""
+    from stagent_ray.runio import query_to_row
+    from stagent_ray.stages.pool import eval_queries
+    from stagent_ray.tasks.families import FAMILIES
+    from stagent_ray.world.generate import load_world
+
+    name = f"eval_fresh{per_family}"
+    if cfg.pool.source != "world":
+        raise SystemExit("--fresh-eval draws new queries from the world's generators "
+                         "(pool.source: world)")
+    if not exists(cfg.run_dir, f"data/{name}.parquet"):
+        w = cfg.world
+        world = load_world(w.seed, w.n_cities, w.pois_per_city, w.today)
+        seen = {r["text"] for t in ("pool", "eval")
+                for r in read_table(cfg.run_dir, f"data/{t}.parquet")}
+        held_out_city = world.cities[-1].name if cfg.pool.hold_out_city else None
+        queries = eval_queries(world, cfg.pool.families or FAMILIES, per_family,
+                               cfg.seed + 20_000, seen, held_out_city)
+        write_table(cfg.run_dir, f"data/{name}.parquet", [query_to_row(q) for q in queries])
+    return name
 
 
 # ---------------------------------------------------------------- the table
 
-def episode_values(run_dir: str, name: str) -> list[dict]:
+def episode_values(run_dir: str, name: str, eval_set: str = "eval") -> list[dict]:
     """One dict per eval episode: family and each metric (None where it does not apply)."""
     mode = "sampled" if name == "teacher" else "greedy"
-    queries = {r["query_id"]: r for r in read_table(run_dir, "data/eval.parquet")}
+    queries = {r["query_id"]: r for r in read_table(run_dir, f"data/{eval_set}.parquet")}
     out = []
-    for t in read_table(run_dir, f"eval/{name}_{mode}_trajectories.parquet"):
+    for t in read_table(run_dir, f"{eval_set}/{name}_{mode}_trajectories.parquet"):
         if t.get("infra_fault"):
             continue  # the tools failed, not the model (none without injected faults)
         q = queries[t["query_id"]]
@@ -188,11 +224,12 @@ def paired_difference(a: list[dict], b: list[dict], rng) -> dict:
             "n": int(len(d)), "significant": bool(lo > 0 or hi < 0)}
 
 
-def table(run_dirs: dict[int, str], names: list[str]) -> tuple[dict, dict]:
+def table(run_dirs: dict[int, str], names: list[str],
+          eval_set: str = "eval") -> tuple[dict, dict]:
     rng = np.random.default_rng(0)
     rows, episodes = {}, {}
     for name in names:
-        per_seed = {seed: [dict(e, seed=seed) for e in episode_values(d, name)]
+        per_seed = {seed: [dict(e, seed=seed) for e in episode_values(d, name, eval_set)]
                     for seed, d in run_dirs.items()}
         episodes[name] = [e for eps in per_seed.values() for e in eps]
         pooled = episodes[name]
@@ -248,6 +285,10 @@ def main() -> None:
     ap.add_argument("--plot", help="bar chart of verified rate (PNG)")
     ap.add_argument("--ablations", default="all",
                     help=f"all | none | a comma-separated subset of {','.join(ABLATIONS)}")
+    ap.add_argument("--fresh-eval", type=int, metavar="N",
+                    help="also evaluate every row on a second eval set of N new queries a "
+                         "family (in neither the pool nor the first eval set) and build the "
+                         "table from it; the first set's differences are kept beside it")
     ap.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
     args = ap.parse_args()
     args.ablations = {"all": ABLATIONS, "none": []}.get(args.ablations,
@@ -269,6 +310,7 @@ def main() -> None:
         log(f"== pretrained base (seed {args.seeds[0]}): {base_cfg.run_dir}")
         seed_overrides = [f"model.name_or_path={base_checkpoint(base_cfg)}", "pretrain.docs=0"]
     run_dirs, training, stage_seconds = {}, {}, {}
+    eval_set = "eval"
     for seed in args.seeds:
         cfg = load_config(args.config, args.overrides + seed_overrides + [
             f"seed={seed}", f"run_dir={os.path.abspath(base.run_dir)}/seed{seed}"])
@@ -276,7 +318,10 @@ def main() -> None:
         if run_pipeline(cfg, log=log) != 0:
             raise SystemExit(f"seed {seed}: the cascade failed (see {cfg.run_dir}/manifest.json)")
         run_ablations(cfg, log, args.ablations)
-        evaluate_students(cfg, log, names[1:])
+        evaluate_rows(cfg, log, names)
+        if args.fresh_eval:
+            eval_set = write_fresh_eval_set(cfg, args.fresh_eval)
+            evaluate_rows(cfg, log, names, eval_set)
         run_dirs[seed] = cfg.run_dir
         training[seed] = training_summary(cfg.run_dir, names[1:])
         manifest = read_json(cfg.run_dir, "manifest.json")
@@ -284,7 +329,13 @@ def main() -> None:
                                for s, e in manifest["stages"].items()}
         if exists(cfg.run_dir, "bench/seconds.json"):  # the ablations' training times
             stage_seconds[seed].update(read_json(cfg.run_dir, "bench/seconds.json"))
-    rows, differences = table(run_dirs, names)
+    rows, differences = table(run_dirs, names, eval_set)
+    first_set = {}
+    if eval_set != "eval":
+        first_rows, first_differences = table(run_dirs, names)
+        first_set = {"first_eval_set": {
+            "verified": {n: r["overall"]["verified"]["mean"] for n, r in first_rows.items()},
+            "targets": targets(first_rows), "paired_differences_verified": first_differences}}
     result = {
         "bench": "cascade", "config": args.config, "overrides": args.overrides,
         "seeds": args.seeds,
@@ -292,7 +343,9 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"
                    + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
         "wall_s_this_call": round(time.time() - t0, 1),  # finished work is skipped
+        "eval_set": f"data/{eval_set}.parquet",
         "targets": targets(rows), "paired_differences_verified": differences, "rows": rows,
+        **first_set,
         "split": {s: read_json(d, "data/split_report.json")["regions"]
                   for s, d in run_dirs.items()},
         "training": training,
@@ -305,7 +358,8 @@ def main() -> None:
             json.dump(result, f, indent=1)
     if args.plot:
         extra = " ".join(o for o in args.overrides if not o.startswith("run_dir="))
-        plot(rows, args.plot, f"{args.config} {extra}\nseeds {args.seeds}: verified rate, 95% CI")
+        plot(rows, args.plot, f"{args.config} {extra}\nseeds {args.seeds}: verified rate on "
+                              f"{eval_set}, 95% CI")
 
 
 if __name__ == "__main__":

@@ -86,3 +86,22 @@ def test_cascade_end_to_end_then_resume(ray_session, tmp_path, capsys):
     assert claims["rl > sft1"] == (verified["rl"] > verified["sft1"])
     assert differences["rl - sft1"]["diff"] == pytest.approx(verified["rl"] - verified["sft1"],
                                                               abs=2e-4)
+
+    # `--fresh-eval 2`: a second eval set of new queries (in neither the pool nor the first
+    # eval set, at most 2 a family), evaluated into its own directory, the table built on it.
+    from collections import Counter
+
+    from bench_cascade import evaluate_rows, write_fresh_eval_set
+
+    from stagent_ray.runio import read_table
+    name = write_fresh_eval_set(cfg, 2)
+    fresh = read_table(run_dir, f"data/{name}.parquet")
+    seen = {r["text"] for t in ("pool", "eval") for r in read_table(run_dir, f"data/{t}.parquet")}
+    assert fresh and not {r["text"] for r in fresh} & seen
+    assert max(Counter(r["family"] for r in fresh).values()) <= 2
+    evaluate_rows(cfg, print, ["teacher", "rl"], name)
+    rows, differences = table({0: run_dir}, ["teacher", "rl"], name)
+    assert rows["rl"]["overall"]["verified"]["n"] == rows["teacher"]["overall"]["verified"]["n"] \
+        == len(fresh)
+    first_rl = json.load(open(os.path.join(run_dir, "eval/rl.json")))  # the first set: kept
+    assert first_rl["greedy"]["overall"]["verified_rate"] == evals["rl"]["verified_rate"]

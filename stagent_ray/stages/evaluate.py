@@ -52,9 +52,11 @@ def summarise(trajs: list[dict], queries: dict[str, dict]) -> dict:
 
 
 def evaluate_models(cfg, run_dir: str, engines: dict[str, dict], eval_rows: list[dict],
-                    temperature_runs: list[tuple[str, float | None, int]]) -> dict[str, dict]:
-    """Eval results per model name. `engines`: name -> engine spec; policy checkpoints of one
-    architecture share one pool of rollout actors per run (rollout_checkpoints)."""
+                    temperature_runs: list[tuple[str, float | None, int]],
+                    out_dir: str = "eval") -> dict[str, dict]:
+    """Eval results per model name; trajectories go to <out_dir>/<name>_<mode>_*.parquet.
+    `engines`: name -> engine spec; policy checkpoints of one architecture share one pool of
+    rollout actors per run (rollout_checkpoints)."""
     from stagent_ray.rollout.ray_data import consolidate, rollout_checkpoints
     from stagent_ray.runio import read_table
 
@@ -64,16 +66,16 @@ def evaluate_models(cfg, run_dir: str, engines: dict[str, dict], eval_rows: list
     s = cfg.score
     results = {name: {"model": name} for name in engines}
     for mode, temperature, n in temperature_runs:
-        parts = {name: f"eval/parts/{name}_{mode}" for name in engines}
+        parts = {name: f"{out_dir}/parts/{name}_{mode}" for name in engines}
         stats = rollout_checkpoints(cfg, run_dir, eval_rows,
                                     {parts[name]: e for name, e in engines.items()}, n,
                                     s.num_actors, s.cpus_per_actor, s.batch_size, salt=7,
                                     temperature=temperature,
                                     desc=f"eval {' '.join(engines)} {mode}")
         for name in engines:
-            rows = consolidate(run_dir, parts[name], f"eval/{name}_{mode}_queries.parquet",
-                               f"eval/{name}_{mode}_trajectories.parquet")
-            trajs = [t for t in read_table(run_dir, f"eval/{name}_{mode}_trajectories.parquet")
+            rows = consolidate(run_dir, parts[name], f"{out_dir}/{name}_{mode}_queries.parquet",
+                               f"{out_dir}/{name}_{mode}_trajectories.parquet")
+            trajs = [t for t in read_table(run_dir, f"{out_dir}/{name}_{mode}_trajectories.parquet")
                      if not t.get("infra_fault")]
             families = sorted({queries[t["query_id"]]["family"] for t in trajs})
             results[name][mode] = {

@@ -251,6 +251,24 @@ def read_query_files(paths: list[str], text_field: str = "text") -> list:
     return queries
 
 
+def eval_queries(world, families: list[str], per_family: int, seed: int, exclude: set[str],
+                 prefer_city: str | None = None) -> list:
+    """Up to `per_family` queries of each family whose texts are not in `exclude` (the pool's,
+    and any earlier eval set's), from their own stream of draws (`seed`); those in
+    `prefer_city` first. A family with fewer distinct texts left gives fewer."""
+    from stagent_ray.tasks.families import generate_queries
+
+    out, seen = [], set(exclude)
+    for family in families:
+        fresh = [q for q in generate_queries(world, family, per_family * 3, seed=seed)
+                 if q.text not in seen]
+        fresh.sort(key=lambda q: q.city != prefer_city)  # stable: draw order within each
+        for q in fresh[:per_family]:
+            out.append(q)
+            seen.add(q.text)
+    return out
+
+
 # ---------------------------------------------------------------- the stage
 
 def run_pool(cfg, run_dir: str) -> dict:
@@ -283,25 +301,14 @@ def run_pool(cfg, run_dir: str) -> dict:
     # with pool.hold_out_city off the eval queries are unseen queries in the same cities.
     held_out_city = world.cities[-1].name if cfg.pool.hold_out_city else None
     families = cfg.pool.families or FAMILIES  # names checked by config.validate
-    pool, evals = [], []
+    pool = []
     for family in families:
         # Over-generate so the funnel has something to remove.
         pool += generate_queries(world, family, cfg.pool.queries_per_family, seed=cfg.seed)
-        evals += generate_queries(world, family, cfg.pool.eval_per_family * 3,
-                                  seed=cfg.seed + 10_000)
     pool = [q for q in pool if held_out_city is None or q.city != held_out_city]
     pool, counts = curate(pool, cfg.pool, cfg.seed)
-
-    pool_texts = {q.text for q in pool}
-    eval_set, seen = [], set()
-    for family in families:
-        fresh = [q for q in evals if q.family == family and q.text not in pool_texts
-                 and q.text not in seen]
-        # Prefer the held-out city, then anything fresh.
-        fresh.sort(key=lambda q: q.city != held_out_city)
-        for q in fresh[:cfg.pool.eval_per_family]:
-            eval_set.append(q)
-            seen.add(q.text)
+    eval_set = eval_queries(world, families, cfg.pool.eval_per_family, cfg.seed + 10_000,
+                            {q.text for q in pool}, held_out_city)
     write_table(run_dir, "data/pool.parquet", [query_to_row(q) for q in pool])
     write_table(run_dir, "data/eval.parquet", [query_to_row(q) for q in eval_set])
     return {"funnel": counts, "pool": len(pool), "eval": len(eval_set),
