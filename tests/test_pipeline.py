@@ -100,8 +100,10 @@ def test_cascade_end_to_end_then_resume(ray_session, tmp_path, capsys):
     assert fresh and not {r["text"] for r in fresh} & seen
     assert max(Counter(r["family"] for r in fresh).values()) <= 2
     evaluate_rows(cfg, print, ["teacher", "rl"], name)
-    rows, differences = table({0: run_dir}, ["teacher", "rl"], name)
+    rows, _ = table({0: run_dir}, ["teacher", "rl"], name)
     assert rows["rl"]["overall"]["verified"]["n"] == rows["teacher"]["overall"]["verified"]["n"] \
         == len(fresh)
-    first_rl = json.load(open(os.path.join(run_dir, "eval/rl.json")))  # the first set: kept
-    assert first_rl["greedy"]["overall"]["verified_rate"] == evals["rl"]["verified_rate"]
+    # the first set's episodes are kept apart
+    first = read_table(run_dir, "eval/rl_greedy_trajectories.parquet")
+    assert {t["query_id"] for t in first} == {r["query_id"] for r in
+                                              read_table(run_dir, "data/eval.parquet")}
