@@ -145,8 +145,8 @@ def evaluate_rows(cfg, log, names: list[str], eval_set: str = "eval") -> None:
 
 
 def write_fresh_eval_set(cfg, per_family: int) -> str:
-    """data/eval_fresh<N>.parquet: `per_family` new queries of each family, in none of the
-    pool and the first eval set (on which the configuration's settings were chosen), so the
+    """data/eval_fresh<N>.parquet: `per_family` new queries of each family, in neither the
+    pool nor the first eval set (on which the configuration's settings were chosen), so the
     claims can be tested on queries no choice has seen. Returns the set's name."""
     from stagent_ray.runio import query_to_row
     from stagent_ray.stages.pool import eval_queries
