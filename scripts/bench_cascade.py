@@ -149,7 +149,7 @@ def write_fresh_eval_set(cfg, per_family: int) -> str:
     pool nor the first eval set (on which the configuration's settings were chosen), so the
     claims can be tested on queries no choice has seen. Returns the set's name."""
     from stagent_ray.runio import query_to_row
-    from stagent_ray.stages.pool import eval_queries
+    from stagent_ray.stages.pool import eval_queries, held_out_city
     from stagent_ray.tasks.families import FAMILIES
     from stagent_ray.world.generate import load_world
 
@@ -162,9 +162,8 @@ def write_fresh_eval_set(cfg, per_family: int) -> str:
         world = load_world(w.seed, w.n_cities, w.pois_per_city, w.today)
         seen = {r["text"] for t in ("pool", "eval")
                 for r in read_table(cfg.run_dir, f"data/{t}.parquet")}
-        held_out_city = world.cities[-1].name if cfg.pool.hold_out_city else None
         queries = eval_queries(world, cfg.pool.families or FAMILIES, per_family,
-                               cfg.seed + 20_000, seen, held_out_city)
+                               cfg.seed + 20_000, seen, held_out_city(world, cfg.pool))
         write_table(cfg.run_dir, f"data/{name}.parquet", [query_to_row(q) for q in queries])
     return name
 

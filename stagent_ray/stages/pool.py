@@ -251,6 +251,11 @@ def read_query_files(paths: list[str], text_field: str = "text") -> list:
     return queries
 
 
+def held_out_city(world, pool_cfg) -> str | None:
+    """The city the pool never shows (the last), with pool.hold_out_city on; else None."""
+    return world.cities[-1].name if pool_cfg.hold_out_city else None
+
+
 def eval_queries(world, families: list[str], per_family: int, seed: int, exclude: set[str],
                  prefer_city: str | None = None) -> list:
     """Up to `per_family` queries of each family whose texts are not in `exclude` (the pool's,
@@ -299,20 +304,20 @@ def run_pool(cfg, run_dir: str) -> dict:
     world = load_world(w.seed, w.n_cities, w.pois_per_city, w.today)
     # The eval set's city is one the pool never shows (the hard test: unseen place names);
     # with pool.hold_out_city off the eval queries are unseen queries in the same cities.
-    held_out_city = world.cities[-1].name if cfg.pool.hold_out_city else None
+    held_out = held_out_city(world, cfg.pool)
     families = cfg.pool.families or FAMILIES  # names checked by config.validate
     pool = []
     for family in families:
         # Over-generate so the funnel has something to remove.
         pool += generate_queries(world, family, cfg.pool.queries_per_family, seed=cfg.seed)
-    pool = [q for q in pool if held_out_city is None or q.city != held_out_city]
+    pool = [q for q in pool if held_out is None or q.city != held_out]
     pool, counts = curate(pool, cfg.pool, cfg.seed)
     eval_set = eval_queries(world, families, cfg.pool.eval_per_family, cfg.seed + 10_000,
-                            {q.text for q in pool}, held_out_city)
+                            {q.text for q in pool}, held_out)
     write_table(run_dir, "data/pool.parquet", [query_to_row(q) for q in pool])
     write_table(run_dir, "data/eval.parquet", [query_to_row(q) for q in eval_set])
     return {"funnel": counts, "pool": len(pool), "eval": len(eval_set),
-            "eval_held_out_city": sum(held_out_city is not None and q.city == held_out_city
+            "eval_held_out_city": sum(held_out is not None and q.city == held_out
                                       for q in eval_set),
-            "held_out_city": held_out_city,
+            "held_out_city": held_out,
             "families": {f: sum(q.family == f for q in pool) for f in families}}
