@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from stagent_ray.models.chat_format import (DEFAULT_SYSTEM_PROMPT, IM_END, SPECIAL_TOKENS,
@@ -53,7 +53,14 @@ def world_corpus(world_seed: int = 0, n_cities: int = 4, pois_per_city: int = 32
 def train_tokenizer(texts: list[str], vocab_size: int = 4096) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on `texts`; returns a left-padding HF fast tokenizer."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Every digit is its own token, never merged with a space or a quote (as in Qwen's and
+    # Llama's tokenizers): "10:00" in a tool's JSON and " 10:00" in the answer are then the
+    # same digit tokens, so an answer copies numbers, times and dates from a tool response
+    # token for token. Merged, the JSON's `10` and the prose's ` 10` are different ids and a
+    # model from scratch writes plausible numbers instead of the tool's.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\p{N}"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
