@@ -49,10 +49,8 @@ def test_numbers_tokenize_alike_in_tool_json_and_prose(tmp_path):
     """An answer copies "10:00-14:00" from the tool's JSON token for token: each digit is one
     id whether a quote, a colon or a space comes before it, also after a save/load."""
     tok = small_tokenizer()
-    save_checkpoint(build_tiny_model(ModelConfig(hidden_size=64, intermediate_size=128,
-                                                 num_layers=2, num_heads=2, num_kv_heads=1), tok),
-                    tok, str(tmp_path / "ckpt"))
-    for t in (tok, load_tokenizer(str(tmp_path / "ckpt"))):
+    tok.save_pretrained(str(tmp_path / "tok"))
+    for t in (tok, load_tokenizer(str(tmp_path / "tok"))):
         digits = [t.convert_tokens_to_ids(str(d)) for d in range(10)]
         for text in ['{"hours":"10:00-14:00","high_c":32}', "open 10:00-14:00, high 32°C"]:
             ids = t.encode(text)

@@ -54,7 +54,7 @@ def train_tokenizer(texts: list[str], vocab_size: int = 4096) -> PreTrainedToken
     """Train a byte-level BPE on `texts`; returns a left-padding HF fast tokenizer."""
     tok = Tokenizer(models.BPE())
     # Every digit is its own token, never merged with a space or a quote (as in Qwen's and
-    # Llama's tokenizers): "10:00" in a tool's JSON and " 10:00" in the answer are then the
+    # Llama 2's tokenizers): "10:00" in a tool's JSON and " 10:00" in the answer are then the
     # same digit tokens, so an answer copies numbers, times and dates from a tool response
     # token for token. Merged, the JSON's `10` and the prose's ` 10` are different ids and a
     # model from scratch writes plausible numbers instead of the tool's.
