@@ -13,6 +13,9 @@
 #   --entrypoint-num-cpus N   CPUs reserved for the driver (default 0: it mostly waits)
 #   key=value ...        config overrides, passed through unchanged
 #
+# While the cluster's job agent is not up yet, up to SUBMIT_TRIES (default 6) submissions are
+# made, SUBMIT_WAIT_S (default 5) × 1, 2, 3 ... seconds apart; any other failure is final.
+#
 # The repo root is uploaded as the job's working directory (without .venv, runs, .git and
 # build leftovers), so the job runs the code you have here; the cluster only needs the
 # dependencies installed (see cluster/README.md). The job runs `python -m stagent_ray.cli`,
@@ -82,12 +85,32 @@ if [[ "$WAIT" == 0 ]]; then
 fi
 
 cd "$ROOT"
+# A cluster that has just started may not have registered its head node's job agent yet:
+# the job server then answers "No available agent to submit job, please try again later"
+# before it creates any job, so submitting again is safe. Anything else fails at once.
 # Ray shell-quotes the entrypoint words, so overrides with spaces survive. Under `set -u`,
 # "${ARR[@]}" of an empty array fails on bash < 4.4; the ${ARR[@]+...} form does not.
-exec "$RAY" job submit \
-  --address "$ADDRESS" \
-  --working-dir . \
-  --runtime-env-json "$RUNTIME_ENV_JSON" \
-  --entrypoint-num-cpus "$ENTRYPOINT_CPUS" \
-  ${SUBMIT_ARGS[@]+"${SUBMIT_ARGS[@]}"} \
-  -- python -m stagent_ray.cli run --config "$CONFIG" ${RUN_ARGS[@]+"${RUN_ARGS[@]}"}
+TRIES="${SUBMIT_TRIES:-6}"
+WAIT_S="${SUBMIT_WAIT_S:-5}"
+submit_log="$(mktemp)"
+trap 'rm -f "$submit_log"' EXIT
+for (( try = 1; ; try++ )); do
+  set +e
+  "$RAY" job submit \
+    --address "$ADDRESS" \
+    --working-dir . \
+    --runtime-env-json "$RUNTIME_ENV_JSON" \
+    --entrypoint-num-cpus "$ENTRYPOINT_CPUS" \
+    ${SUBMIT_ARGS[@]+"${SUBMIT_ARGS[@]}"} \
+    -- python -m stagent_ray.cli run --config "$CONFIG" ${RUN_ARGS[@]+"${RUN_ARGS[@]}"} \
+    2>&1 | tee "$submit_log"
+  rc=${PIPESTATUS[0]}
+  set -e
+  if [[ "$rc" == 0 ]] || (( try >= TRIES )) || grep -q "submitted successfully" "$submit_log" ||
+      ! grep -q "No available agent to submit job" "$submit_log"; then
+    exit "$rc"
+  fi
+  echo "submit.sh: the cluster's job agent is not up yet; submitting again in $(( WAIT_S * try )) s" \
+       "(try $(( try + 1 )) of $TRIES)" >&2
+  sleep $(( WAIT_S * try ))
+done

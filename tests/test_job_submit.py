@@ -164,6 +164,58 @@ def test_submit_pool_stage_to_a_head_node(tmp_path):
     assert (run_dir / "data" / "eval.parquet").stat().st_size > 0
 
 
+FAKE_RAY = """#!/usr/bin/env bash
+# Stands in for the `ray` CLI: records its arguments, then answers as the job server does
+# while the head node's job agent is not registered, until the last try.
+args="$*"
+echo "${args//$'\\n'/ }" >> "$CALLS"   # one line a call (the runtime env JSON has newlines)
+n=$(wc -l < "$CALLS")
+if (( n < ${SUCCEED_ON:-999} )); then
+  echo "RuntimeError: Request failed with status code 500: $ANSWER" >&2
+  exit 1
+fi
+echo "Job 'stagent-x' submitted successfully"
+"""
+
+
+def run_submit_with_fake_ray(tmp_path, answer: str, succeed_on: int, tries: int = 4):
+    fake = tmp_path / "ray"
+    fake.write_text(FAKE_RAY)
+    fake.chmod(0o755)
+    calls = tmp_path / "calls.txt"
+    env = clean_env(RAY=str(fake), CALLS=str(calls), ANSWER=answer,
+                    SUCCEED_ON=str(succeed_on), SUBMIT_TRIES=str(tries), SUBMIT_WAIT_S="0")
+    done = subprocess.run(["bash", str(REPO / "scripts" / "submit.sh"), "--address", "127.0.0.1:1",
+                           "--stages", "pool", "run_dir=/tmp/x"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    return done, calls.read_text().splitlines()
+
+
+def test_submit_retries_while_the_job_agent_is_not_up(tmp_path):
+    # Ray 2.60's job server gives up after 10 s without a head-node agent; a cluster that has
+    # just started (or a loaded one) can take longer, and the job was never created.
+    done, calls = run_submit_with_fake_ray(
+        tmp_path, "No available agent to submit job, please try again later.", succeed_on=3)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(calls) == 3 and len(set(calls)) == 1, calls   # the same submission, three times
+    assert calls[0].startswith("job submit --address http://127.0.0.1:1 --working-dir .")
+    assert calls[0].endswith("run --config configs/tiny.yaml --stages pool run_dir=/tmp/x")
+    assert done.stderr.count("job agent is not up yet") == 2
+    assert "submitted successfully" in done.stdout
+
+
+def test_submit_gives_up_after_its_tries_and_on_any_other_error(tmp_path):
+    (tmp_path / "agent").mkdir()
+    done, calls = run_submit_with_fake_ray(tmp_path / "agent", "No available agent to submit job",
+                                           succeed_on=99, tries=3)
+    assert done.returncode == 1 and len(calls) == 3
+    (tmp_path / "other").mkdir()
+    done, calls = run_submit_with_fake_ray(tmp_path / "other",
+                                           "Job with submission_id x already exists", succeed_on=99)
+    assert done.returncode == 1 and len(calls) == 1   # not the agent: final at once
+    assert "already exists" in done.stdout
+
+
 # --- the cluster definitions: cheap checks that they parse and fit their schemas --------
 
 AUTOSCALER_FILES = ["cluster/aws.yaml", "cluster/gcp.yaml"]
