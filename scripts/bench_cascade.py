@@ -51,10 +51,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from stagent_ray.config import load_config  # noqa: E402
 from stagent_ray.models.chat_format import UNSOLVED_MARKER  # noqa: E402
-from stagent_ray.pipeline import base_checkpoint, rl_prompt_config, run_pipeline  # noqa: E402
+from stagent_ray.pipeline import run_pipeline  # noqa: E402
 from stagent_ray.ray_setup import init_ray  # noqa: E402
-from stagent_ray.runio import (exists, read_json, read_table, run_path,  # noqa: E402
+from stagent_ray.runio import (exists, read_json, read_jsonl, read_table, run_path,  # noqa: E402
                                write_json, write_table)
+from stagent_ray.stages.base import run_base  # noqa: E402
 from stagent_ray.stages.evaluate import final_answer  # noqa: E402
 
 ROWS = ["teacher", "sft0", "sft1", "sft1_all", "rl", "rl_all", "rl_sft0"]
@@ -86,15 +87,15 @@ def run_ablations(cfg, log, names: list[str]) -> None:
     run_dir = cfg.run_dir
     manifest = read_json(run_dir, "manifest.json")
     sft1_steps = manifest["stages"]["sft1"]["metrics"]["steps"]
-    hard, _ = rl_prompt_config(cfg)  # like the pipeline's rl stage
     runs = {
-        "sft1_all": lambda: run_sft(cfg, run_dir, "sft1", "data/all_scored.parquet",
+        "sft1_all": lambda: run_sft(cfg, "sft1", "data/all_scored.parquet",
                                     run_path(run_dir, "ckpt/sft0"), "ckpt/sft1_all",
                                     max_steps=sft1_steps, name="sft1_all"),
-        "rl_all": lambda: run_rl(replace(cfg, rl=replace(cfg.rl, prompt_set="all")), run_dir,
+        "rl_all": lambda: run_rl(replace(cfg, rl=replace(cfg.rl, prompt_set="all")),
                                  run_path(run_dir, "ckpt/sft1"), "ckpt/rl_all", name="rl_all"),
-        "rl_sft0": lambda: run_rl(hard, run_dir, run_path(run_dir, "ckpt/sft0"),
-                                  "ckpt/rl_sft0", name="rl_sft0")}
+        # the pipeline's prompts (rl_prompts), from SFT-0 instead of SFT-1
+        "rl_sft0": lambda: run_rl(cfg, run_path(run_dir, "ckpt/sft0"), "ckpt/rl_sft0",
+                                  name="rl_sft0")}
     write_table(run_dir, "data/all_scored.parquet", all_scored_rows(run_dir))
     for name, train in runs.items():
         if name not in names or exists(run_dir, f"ckpt/{name}/config.json"):
@@ -111,8 +112,7 @@ def training_summary(run_dir: str, names: list[str]) -> dict:
     """Steps and final loss of each SFT run, steps and reward of each RL run."""
     out = {}
     for name in names:
-        path = run_path(run_dir, f"train/{name}_metrics.jsonl")
-        history = [json.loads(line) for line in open(path) if line.strip()]
+        history = read_jsonl(run_dir, f"train/{name}_metrics.jsonl")
         if name.startswith("sft"):
             out[name] = {"steps": history[-1]["step"], "final_loss": round(history[-1]["loss"], 4)}
         else:
@@ -134,14 +134,14 @@ def evaluate_rows(cfg, log, names: list[str], eval_set: str = "eval") -> None:
     if "teacher" in names and not exists(run_dir,
                                          f"{eval_set}/teacher_sampled_trajectories.parquet"):
         log(f"[{eval_set} teacher] running")
-        evaluate_models(cfg, run_dir, {"teacher": asdict(cfg.teacher)}, queries,
-                        [("sampled", None, 1)], out_dir=eval_set)
+        evaluate_models(cfg, {"teacher": cfg.teacher}, queries, [("sampled", None, 1)],
+                        out_dir=eval_set)
     todo = [n for n in names if n != "teacher"
             and not exists(run_dir, f"{eval_set}/{n}_greedy_trajectories.parquet")]
     if todo:
         log(f"[{eval_set} {' '.join(todo)}] running")
-        evaluate_models(cfg, run_dir, {n: checkpoint_engine(cfg, run_dir, n) for n in todo},
-                        queries, [("greedy", 0.0, 1)], out_dir=eval_set)
+        evaluate_models(cfg, {n: checkpoint_engine(cfg, n) for n in todo}, queries,
+                        [("greedy", 0.0, 1)], out_dir=eval_set)
 
 
 def write_fresh_eval_set(cfg, per_family: int) -> str:
@@ -307,7 +307,7 @@ def main() -> None:
         base_cfg = replace(base, run_dir=f"{os.path.abspath(base.run_dir)}/base",
                            seed=args.seeds[0])
         log(f"== pretrained base (seed {args.seeds[0]}): {base_cfg.run_dir}")
-        seed_overrides = [f"model.name_or_path={base_checkpoint(base_cfg)}", "pretrain.docs=0"]
+        seed_overrides = [f"model.name_or_path={run_base(base_cfg)['model']}", "pretrain.docs=0"]
     run_dirs, training, stage_seconds = {}, {}, {}
     eval_set = "eval"
     for seed in args.seeds:

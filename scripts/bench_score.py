@@ -34,10 +34,12 @@ def main() -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     torch.set_num_threads(1)
 
-    from stagent_ray.config import config_to_dict, load_config
-    from stagent_ray.models.build import build_base_checkpoint
+    from dataclasses import replace
+
+    from stagent_ray.config import load_config
     from stagent_ray.ray_setup import init_ray
-    from stagent_ray.rollout.ray_data import RolloutActor, rollout_pool
+    from stagent_ray.stages.base import build_base_checkpoint
+    from stagent_ray.stages.rollouts import RolloutActor, policy_engine, rollout_pool
     from stagent_ray.runio import query_to_row
     from stagent_ray.tasks.families import FAMILIES, generate_queries
     from stagent_ray.world.generate import load_world
@@ -45,19 +47,19 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="bench_score_")
     cfg = load_config("configs/tiny.yaml", [
         f"run_dir={work}", f"sampling.max_new_tokens={args.max_new_tokens}",
-        "agent.max_turns=2", f"score.batch_size={args.batch_size}"])
+        "agent.max_turns=2", f"rollout.batch_size={args.batch_size}"])
     ckpt = build_base_checkpoint(os.path.join(work, "base"), cfg.model, cfg.world)
     world = load_world(cfg.world.seed, cfg.world.n_cities, cfg.world.pois_per_city, cfg.world.today)
     families = list(FAMILIES)
     per_family = -(-args.queries // len(families))
     queries = [q for f in families for q in generate_queries(world, f, per_family, seed=1)]
     rows = [query_to_row(q) for q in queries[:args.queries]]
-    engine = {"kind": "hf", "model": ckpt, "device": "cpu", "max_batch_size": 16}
+    engine = replace(policy_engine(cfg, ckpt), device="cpu", max_batch_size=16)
     n_traj = len(rows) * args.n
 
     # In-process: the same actor class, called batch by batch in this process.
     start = time.perf_counter()
-    actor = RolloutActor(config_to_dict(cfg), engine, args.n, work, "parts/inproc")
+    actor = RolloutActor(cfg, engine, args.n, "parts/inproc")
     for i in range(0, len(rows), args.batch_size):
         actor.score_batch(rows[i:i + args.batch_size])   # what each Data item runs
     inproc_s = time.perf_counter() - start
@@ -65,8 +67,9 @@ def main() -> None:
     init_ray(cfg.ray, include_dashboard=False)
     results = {}
     for actors in (1, 2):
-        stats = rollout_pool(cfg, work, rows, engine, args.n, f"parts/ray{actors}", actors,
-                             0.5, args.batch_size, desc=f"{actors} actor(s)")
+        sized = replace(cfg, rollout=replace(cfg.rollout, num_actors=actors, cpus_per_actor=0.5))
+        stats = rollout_pool(sized, rows, engine, args.n, f"parts/ray{actors}",
+                             desc=f"{actors} actor(s)")
         assert stats["trajectories"] == n_traj, stats
         results[actors] = stats["seconds"]
     shutil.rmtree(work, ignore_errors=True)

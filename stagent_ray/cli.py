@@ -7,7 +7,6 @@ import importlib
 import sys
 
 from stagent_ray import __version__
-
 from stagent_ray.pipeline import STAGES
 
 
@@ -59,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from stagent_ray.console import escape_unencodable_stdout
+
+    escape_unencodable_stdout()  # tool and model output may hold any string
     args = build_parser().parse_args(argv)
     return args.func(args)
 

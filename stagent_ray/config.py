@@ -2,8 +2,13 @@
 
     cfg = load_config("configs/tiny.yaml", ["sft0.lr=3e-4", "score.n_rollouts=4"])
 
-Unknown keys and wrong types fail at load time with the dotted key named, so a typo in a
-cluster config dies in the first second instead of after an hour of scoring.
+Unknown keys, wrong types and every cross-field check (validate) fail at load time with the
+dotted key named, so a typo in a cluster config dies in the first second instead of after an
+hour of scoring; a key that moved names its new place.
+
+How a config reaches Ray: workers, actors and Serve replicas get the `Config` dataclass
+itself (Ray pickles it), never a dict to rebuild; the run directory is `cfg.run_dir`, passed
+nowhere else. `config_to_dict` is for the manifest and the loggers.
 """
 
 from __future__ import annotations
@@ -134,13 +139,19 @@ class TinyQAConfig:
 
 
 @dataclass
-class ScoreConfig:
-    n_rollouts: int = 8
-    temperature: float = 1.0
+class RolloutConfig:
+    """The Ray Data rollout actors of every stage that rolls out (tiny_qa, score, the split's
+    teacher recovery, eval): how many, what each reserves, how many queries a batch holds."""
     num_actors: int = 2
     cpus_per_actor: float = 0.5
     gpus_per_actor: float = 0.0      # reserved for each policy-engine actor (score, eval)
-    batch_size: int = 4
+    batch_size: int = 4              # queries per Data batch (and per resumable part file)
+
+
+@dataclass
+class ScoreConfig:
+    n_rollouts: int = 8
+    temperature: float = 1.0
     engine: str = "actor"            # actor: engine inside each Data actor | serve: Policy deployment
 
 
@@ -222,11 +233,14 @@ class RLConfig:
     log_every: int = 1
 
 
+EVAL_CHECKPOINTS = ["base", "sft0", "sft1", "rl"]
+
+
 @dataclass
 class EvalConfig:
     pass_k: int = 4                  # sampled answers per query for pass@k; 0: greedy only
     temperature: float = 1.0
-    checkpoints: list = field(default_factory=lambda: ["base", "sft0", "sft1", "rl"])
+    checkpoints: list = field(default_factory=lambda: list(EVAL_CHECKPOINTS))
     teacher: bool = True
 
 
@@ -286,6 +300,7 @@ class Config:
     policy: EngineConfig = field(default_factory=EngineConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     pool: PoolConfig = field(default_factory=PoolConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     tiny_qa: TinyQAConfig = field(default_factory=TinyQAConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     sft0: SFTConfig = field(default_factory=SFTConfig)
@@ -355,9 +370,18 @@ def _coerce(value, annotation, key: str):
     return value
 
 
+# Keys that moved: an old config fails with the new key named instead of "unknown key".
+MOVED_KEYS = {f"score.{name}": f"rollout.{name}"
+              for name in ("num_actors", "cpus_per_actor", "gpus_per_actor", "batch_size")}
+
+
 def _build(cls, data: dict, prefix: str = ""):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    for key in sorted(data):
+        if prefix + key in MOVED_KEYS:
+            raise ConfigError(f"config key '{prefix}{key}' has moved to "
+                              f"'{MOVED_KEYS[prefix + key]}'")
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' "
@@ -406,7 +430,8 @@ def validate(cfg: Config) -> Config:
         unknown = sorted(set(cfg.pool.families) - set(FAMILIES))
         if unknown:
             raise ConfigError(f"pool.families: unknown {unknown}; choose from {sorted(FAMILIES)}")
-    positive = ["score.n_rollouts", "score.num_actors", "rl.group_size", "rl.steps",
+    positive = ["score.n_rollouts", "rollout.num_actors", "rollout.batch_size", "rl.group_size",
+                "rl.steps",
                 "sft0.batch_size", "sft1.batch_size", "rl.prompts_per_step", "rl.mini_batches",
                 "rl.micro_batch_size", "rl.num_workers", "sft0.seq_len", "sft1.seq_len",
                 "pretrain.batch_size", "pretrain.seq_len",
@@ -422,8 +447,9 @@ def validate(cfg: Config) -> Config:
         value = getattr(getattr(cfg, section), name)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"{dotted}: {value} is outside [0, 1]")
-    if cfg.score.gpus_per_actor < 0:
-        raise ConfigError(f"score.gpus_per_actor: {cfg.score.gpus_per_actor} must be >= 0")
+    for name in ("cpus_per_actor", "gpus_per_actor"):
+        if getattr(cfg.rollout, name) < 0:
+            raise ConfigError(f"rollout.{name}: {getattr(cfg.rollout, name)} must be >= 0")
     if cfg.pretrain.docs < 0:
         raise ConfigError(f"pretrain.docs: {cfg.pretrain.docs} must be >= 0 (0: no pretraining)")
     if cfg.pretrain.docs and cfg.model.name_or_path != "tiny":
@@ -431,6 +457,24 @@ def validate(cfg: Config) -> Config:
                           f"not model.name_or_path={cfg.model.name_or_path!r}")
     if cfg.eval.pass_k < 0:
         raise ConfigError(f"eval.pass_k: {cfg.eval.pass_k} must be >= 0 (0: greedy only)")
+    if not isinstance(cfg.eval.checkpoints, list) or any(
+            name not in EVAL_CHECKPOINTS for name in cfg.eval.checkpoints):
+        raise ConfigError(f"eval.checkpoints: {cfg.eval.checkpoints!r} must be a list of "
+                          f"{EVAL_CHECKPOINTS}")
+    for stage in ("pretrain", "sft0", "sft1"):
+        sft = getattr(cfg, stage)
+        if sft.num_workers <= 0 or sft.grad_accum <= 0 or sft.batch_size % (
+                sft.num_workers * sft.grad_accum):
+            raise ConfigError(f"{stage}.batch_size: {sft.batch_size} must be a multiple of "
+                              f"{stage}.num_workers x {stage}.grad_accum = {sft.num_workers} x "
+                              f"{sft.grad_accum}")
+    for engine in ("teacher", "policy"):
+        if getattr(cfg, engine).kind == "openai" and not getattr(cfg, engine).base_url:
+            raise ConfigError(f"{engine}.base_url: {engine}.kind 'openai' needs an endpoint")
+    if cfg.world.backend == "replay" and not cfg.world.replay_path:
+        raise ConfigError("world.replay_path: backend 'replay' needs a recorded file")
+    if cfg.world.backend == "http" and not cfg.world.http_url:
+        raise ConfigError("world.http_url: backend 'http' needs a URL")
     _validate_faults(cfg.faults)
     if cfg.world.backend == "mcp" and not cfg.world.mcp_servers:
         raise ConfigError("world.mcp_servers: backend 'mcp' needs at least one server spec")
@@ -477,8 +521,5 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
 
 
 def config_to_dict(cfg) -> dict:
+    """For the manifest and loggers only: workers and actors get the Config itself."""
     return dataclasses.asdict(cfg)
-
-
-def config_to_yaml(cfg) -> str:
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

@@ -1,4 +1,5 @@
-"""The cascade as one job: pool → tiny_qa → sft0 → score → split → sft1 → rl → eval → report.
+"""The cascade as one job: pool → tiny_qa → base → sft0 → score → split → sft1 → rl → eval →
+report. Each stage is one file (stages/, and train/ for the Ray Train loops).
 
 The run directory holds every artifact and `manifest.json` (config, config hash, per-stage
 status, artifacts and metrics). A stage whose status is complete and whose artifacts exist
@@ -19,12 +20,13 @@ from stagent_ray.config import Config, config_to_dict
 from stagent_ray.loggers import emit_dashboard_metrics, make_logger
 from stagent_ray.runio import RunDirError, exists, read_json, run_path, write_json
 
-STAGES = ["pool", "tiny_qa", "sft0", "score", "split", "sft1", "rl", "eval", "report"]
+STAGES = ["pool", "tiny_qa", "base", "sft0", "score", "split", "sft1", "rl", "eval", "report"]
 
 # What each stage leaves behind; the stage counts as done only if all of these exist.
 ARTIFACTS = {
     "pool": ["data/pool.parquet", "data/eval.parquet"],
     "tiny_qa": ["data/tiny_qa.parquet"],
+    "base": ["ckpt/base/config.json"],   # none when model.name_or_path is the user's model
     "sft0": ["ckpt/sft0/config.json"],
     "score": ["data/full_qa.parquet", "data/trajectories.parquet"],
     "split": ["data/certain.parquet", "data/hard.parquet", "data/split_report.json"],
@@ -49,89 +51,53 @@ def load_manifest(cfg: Config) -> dict:
     return manifest
 
 
+def stage_artifacts(cfg: Config, stage: str) -> list[str]:
+    if stage == "base" and cfg.model.name_or_path != "tiny":
+        return []
+    return ARTIFACTS[stage]
+
+
 def stage_done(cfg: Config, manifest: dict, stage: str) -> bool:
     entry = manifest["stages"].get(stage, {})
-    return entry.get("status") == "complete" and all(exists(cfg.run_dir, a) for a in ARTIFACTS[stage])
-
-
-def base_checkpoint(cfg: Config) -> str:
-    """The starting model: a hub id / local path, or the tiny model built into the run dir
-    (pretrained on synthetic world text on Ray Train when pretrain.docs > 0)."""
-    if cfg.model.name_or_path != "tiny":
-        return cfg.model.name_or_path
-    if not exists(cfg.run_dir, "ckpt/base/config.json"):
-        from stagent_ray.models.build import build_base_checkpoint
-        if not cfg.pretrain.docs:
-            build_base_checkpoint(run_path(cfg.run_dir, "ckpt/base"), cfg.model, cfg.world,
-                                  cfg.seed)
-        else:
-            from stagent_ray.models.lm_corpus import documents
-            from stagent_ray.runio import write_table
-            from stagent_ray.train.sft import run_sft
-
-            if not exists(cfg.run_dir, "ckpt/base_init/config.json"):
-                build_base_checkpoint(run_path(cfg.run_dir, "ckpt/base_init"), cfg.model,
-                                      cfg.world, cfg.seed)
-            texts = documents(cfg.pretrain.docs, cfg.seed, cfg.world.today)
-            write_table(cfg.run_dir, "data/pretrain_corpus.parquet", [
-                {"query_id": f"lm-{i}", "messages": json.dumps([{"role": "assistant",
-                                                                 "content": text}])}
-                for i, text in enumerate(texts)])
-            # no system prompt: plain text, trained on every token
-            run_sft(cfg, cfg.run_dir, "pretrain", "data/pretrain_corpus.parquet",
-                    run_path(cfg.run_dir, "ckpt/base_init"), "ckpt/base", tool_schemas=[])
-    return run_path(cfg.run_dir, "ckpt/base")
-
-
-def rl_prompt_config(cfg: Config) -> tuple[Config, bool]:
-    """cfg for RL on the run's hard queries, or on the whole pool when there are none (a
-    weak πθ0 can leave no hard query: train on the pool, and say so); and whether it fell
-    back."""
-    from dataclasses import replace
-
-    from stagent_ray.runio import read_table
-
-    fallback = cfg.rl.prompt_set == "hard" and not read_table(cfg.run_dir, "data/hard.parquet")
-    if fallback:
-        print("[rl] no hard queries in data/hard.parquet; RL runs on the whole pool "
-              "(rl.prompt_set=all)", file=sys.stderr)
-        cfg = replace(cfg, rl=replace(cfg.rl, prompt_set="all"))
-    return cfg, fallback
+    return entry.get("status") == "complete" and all(exists(cfg.run_dir, a)
+                                                     for a in stage_artifacts(cfg, stage))
 
 
 def run_stage(cfg: Config, stage: str) -> dict:
     run_dir = cfg.run_dir
     if stage == "pool":
         from stagent_ray.stages.pool import run_pool
-        return run_pool(cfg, run_dir)
+        return run_pool(cfg)
     if stage == "tiny_qa":
         from stagent_ray.stages.tiny_qa import run_tiny_qa
-        return run_tiny_qa(cfg, run_dir)
+        return run_tiny_qa(cfg)
+    if stage == "base":
+        from stagent_ray.stages.base import run_base
+        return run_base(cfg)
     if stage == "sft0":
+        from stagent_ray.stages.base import base_checkpoint_path
         from stagent_ray.train.sft import run_sft
-        return run_sft(cfg, run_dir, "sft0", "data/tiny_qa.parquet", base_checkpoint(cfg),
+        return run_sft(cfg, "sft0", "data/tiny_qa.parquet", base_checkpoint_path(cfg),
                        "ckpt/sft0")
     if stage == "score":
         from stagent_ray.stages.score import run_score
-        return run_score(cfg, run_dir, run_path(run_dir, "ckpt/sft0"))
+        return run_score(cfg, run_path(run_dir, "ckpt/sft0"))
     if stage == "split":
         from stagent_ray.stages.split import run_split
-        return run_split(cfg, run_dir)
+        return run_split(cfg)
     if stage == "sft1":
         from stagent_ray.train.sft import run_sft
-        return run_sft(cfg, run_dir, "sft1", "data/certain.parquet",
-                       run_path(run_dir, "ckpt/sft0"), "ckpt/sft1")
+        return run_sft(cfg, "sft1", "data/certain.parquet", run_path(run_dir, "ckpt/sft0"),
+                       "ckpt/sft1")
     if stage == "rl":
         from stagent_ray.train.rl import run_rl
-        cfg, fallback = rl_prompt_config(cfg)
-        metrics = run_rl(cfg, run_dir, run_path(run_dir, "ckpt/sft1"), "ckpt/rl")
-        return {**metrics, "prompt_set": cfg.rl.prompt_set, "hard_set_empty": fallback}
+        return run_rl(cfg, run_path(run_dir, "ckpt/sft1"), "ckpt/rl")
     if stage == "eval":
         from stagent_ray.stages.evaluate import run_eval
-        return run_eval(cfg, run_dir)
+        return run_eval(cfg)
     if stage == "report":
         from stagent_ray.stages.report import run_report
-        return run_report(cfg, run_dir)
+        return run_report(cfg)
     raise ValueError(f"unknown stage {stage!r}")
 
 
@@ -195,7 +161,7 @@ def _run_stages(cfg: Config, chosen: list[str], manifest: dict, logger, forced_r
             return 1
         entry.update(status="complete", finished=time.time(), metrics=metrics,
                      seconds=time.time() - entry["started"],
-                     artifacts=[run_path(cfg.run_dir, a) for a in ARTIFACTS[stage]])
+                     artifacts=[run_path(cfg.run_dir, a) for a in stage_artifacts(cfg, stage)])
         write_json(cfg.run_dir, "manifest.json", manifest)  # completion is recorded last
         emit_dashboard_metrics(stage, metrics or {})
         logger.log({f"{stage}/{k}": v for k, v in (metrics or {}).items()},

@@ -90,6 +90,47 @@ def read_json(run_dir: str, relative: str):
         raise RunDirError(f"{path} is not valid JSON (truncated?): {exc}") from exc
 
 
+def read_jsonl(location: str, relative: str | None = None, numbered: bool = False) -> list:
+    """The JSON objects of a JSON-lines file, blank lines skipped: the file `relative` inside
+    the run dir `location`, or with no `relative` the file `location` itself (a local path or
+    URI). A line that is not a JSON object fails with file:line named. numbered: (line number,
+    object) pairs, for callers whose own checks name the line too."""
+    fs, path = filesystem(location)
+    where = location
+    if relative is not None:
+        path = where = run_path(location, relative)
+    try:
+        with fs.open_input_stream(path) as f:
+            lines = f.read().decode("utf-8").splitlines()
+    except FileNotFoundError as exc:
+        raise RunDirError(f"{where} does not exist") from exc
+    records = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RunDirError(f"{where}:{lineno}: not valid JSON ({exc})") from None
+        if not isinstance(record, dict):
+            raise RunDirError(f"{where}:{lineno}: expected a JSON object, got "
+                              f"{type(record).__name__}")
+        records.append((lineno, record) if numbered else record)
+    return records
+
+
+def write_jsonl(run_dir: str, relative: str, rows: list[dict]) -> None:
+    """Rewrite a small JSONL file whole (object stores cannot append). The trainers keep the
+    history in their checkpoint, so after a resume the file holds no steps that were undone."""
+    fs, _ = filesystem(run_dir)
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+    def write(tmp):
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+    _atomic_write(fs, run_path(run_dir, relative), write)
+
+
 def exists(run_dir: str, relative: str) -> bool:
     fs, _ = filesystem(run_dir)
     return fs.get_file_info(run_path(run_dir, relative)).type != pafs.FileType.NotFound

@@ -31,7 +31,7 @@ def tiny_cfg():
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, tiny_cfg):
     """A fresh tiny model + world tokenizer in Hugging Face format."""
-    from stagent_ray.models.build import build_base_checkpoint
+    from stagent_ray.stages.base import build_base_checkpoint
 
     path = str(tmp_path_factory.mktemp("ckpt") / "base")
     return build_base_checkpoint(path, tiny_cfg.model, tiny_cfg.world, seed=0)

@@ -22,7 +22,7 @@ from stagent_ray.config import ConfigError, load_config
 from stagent_ray.models.chat_format import format_tool_call, parse_assistant_turn
 from stagent_ray.pipeline import ARTIFACTS, STAGES, run_pipeline
 from stagent_ray.reward.rubric import TASK_WEIGHTS
-from stagent_ray.rollout.message_engines import to_openai_messages
+from stagent_ray.models.chat_format import to_openai_messages
 from stagent_ray.stages.pool import read_query_files, run_pool
 from stagent_ray.tasks.taxonomy import task_type
 
@@ -94,7 +94,7 @@ def test_file_pool_curated_and_held_out_without_a_world(tmp_path):
     texts += [texts[0], texts[1] + "!"]  # an exact and a near duplicate
     path.write_text("\n".join(json.dumps({"text": t}) for t in texts))
     cfg = load_config("configs/tiny.yaml", byod_overrides(str(path), str(tmp_path / "run")))
-    metrics = run_pool(cfg, cfg.run_dir)
+    metrics = run_pool(cfg)
     assert metrics["funnel"]["generated"] == 14 and metrics["funnel"]["lexical_dedup"] == 12
     pool = pq.read_table(tmp_path / "run/data/pool.parquet").to_pylist()
     evals = pq.read_table(tmp_path / "run/data/eval.parquet").to_pylist()
@@ -206,11 +206,11 @@ def endpoint():
 # Data actor and one Train worker: the eval datasets fit in one block anyway, and every
 # process spared is an import, a model load and an MCP server start saved on 2 cores.
 TINY = [
-    "score.num_actors=1", "sft0.num_workers=1", "sft1.num_workers=1", "rl.num_workers=1",
+    "rollout.num_actors=1", "sft0.num_workers=1", "sft1.num_workers=1", "rl.num_workers=1",
     "model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2",
     "model.num_heads=2", "model.num_kv_heads=1", "model.vocab_size=2048",
     "tiny_qa.fraction=0.5", "tiny_qa.k=2",
-    "score.n_rollouts=2", "score.batch_size=4", "split.k_max=1",
+    "score.n_rollouts=2", "rollout.batch_size=4", "split.k_max=1",
     "sampling.max_new_tokens=48", "agent.max_turns=3", "agent.max_tokens=1200",
     "sft0.epochs=1", "sft0.batch_size=2", "sft0.seq_len=1024",
     "sft1.epochs=1", "sft1.batch_size=2", "sft1.seq_len=1024",

@@ -38,7 +38,12 @@ def test_overrides_are_typed_and_nested():
     (["agent.tool_prompt=tiny"], "agent.tool_prompt"),
     (["policy.dtype=int8"], "policy.dtype"),
     (["policy.compile=maybe"], "policy.compile"),
-    (["score.gpus_per_actor=-1"], "score.gpus_per_actor"),
+    (["rollout.gpus_per_actor=-1"], "rollout.gpus_per_actor"),
+    (["rollout.num_actors=0"], "rollout.num_actors"),
+    (["eval.checkpoints=[sft0,sft2]"], "eval.checkpoints"),
+    (["sft1.batch_size=3", "sft1.num_workers=2"], "sft1.batch_size"),
+    (["teacher.kind=openai"], "teacher.base_url"),
+    (["world.backend=replay"], "world.replay_path"),
     (["eval.pass_k=-1"], "eval.pass_k"),
     (["pretrain.docs=-1"], "pretrain.docs"),
     (["pretrain.batch_size=0"], "pretrain.batch_size"),
@@ -58,3 +63,12 @@ def test_bad_yaml_file(tmp_path):
     path.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(str(path))
+
+
+@pytest.mark.parametrize("old, new", [("score.num_actors", "rollout.num_actors"),
+                                      ("score.batch_size", "rollout.batch_size"),
+                                      ("score.cpus_per_actor", "rollout.cpus_per_actor"),
+                                      ("score.gpus_per_actor", "rollout.gpus_per_actor")])
+def test_a_moved_key_names_its_new_place(old, new):
+    with pytest.raises(ConfigError, match=f"'{old}' has moved to '{new}'".replace(".", r"\.")):
+        load_config("configs/tiny.yaml", [f"{old}=1"])

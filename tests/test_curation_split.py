@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from stagent_ray.rollout.ray_data import pass_at_k, summarise_query
+from stagent_ray.stages.rollouts import pass_at_k, summarise_query
 from stagent_ray.stages.pool import (hashed_ngram_vectors, k_center_greedy, lexical_dedup,
                                      semantic_dedup)
 from stagent_ray.stages.split import region_of
@@ -68,7 +68,7 @@ def test_world_pool_families_and_held_out_city(tmp_path):
             f"run_dir={run_dir}", f"pool.families=[{','.join(families)}]",
             f"pool.hold_out_city={str(hold_out).lower()}", "pool.queries_per_family=20",
             "pool.eval_per_family=4"])
-        metrics = run_pool(cfg, run_dir)
+        metrics = run_pool(cfg)
         pool, evals = read_table(run_dir, "data/pool.parquet"), read_table(run_dir,
                                                                            "data/eval.parquet")
         assert {r["family"] for r in pool} == {r["family"] for r in evals} == set(families)

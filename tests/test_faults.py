@@ -11,8 +11,8 @@ import pytest
 
 from stagent_ray.config import ConfigError, EngineConfig, FaultConfig, load_config
 from stagent_ray.rollout.agent_loop import run_message_episodes
-from stagent_ray.rollout.engine import GarbageMessageEngine, make_message_engine, with_faults
-from stagent_ray.rollout.ray_data import summarise_query
+from stagent_ray.rollout.engines import GarbageMessageEngine, make_message_engine, with_faults
+from stagent_ray.stages.rollouts import summarise_query
 from stagent_ray.tasks.families import FAMILIES, generate_queries
 from stagent_ray.world.backends import TOOL_FAULTS, make_executor
 from stagent_ray.world.generate import load_world

@@ -46,11 +46,11 @@ def test_score_under_tool_faults_and_a_dying_rollout_actor(ray_session, tmp_path
     run_dir = str(tmp_path / "run")
     cfg = load_config("configs/tiny.yaml", SMALL + [
         f"run_dir={run_dir}", "policy.kind=oracle", "policy.noise=0.3", "score.n_rollouts=4",
-        "score.num_actors=2", "score.batch_size=3", "world.tool_timeout_s=0.5",
+        "rollout.num_actors=2", "rollout.batch_size=3", "world.tool_timeout_s=0.5",
         "faults.tool_timeout=0.05", "faults.tool_error=0.1", "faults.tool_malformed=0.05",
         "faults.tool_retries=1", "faults.actor_crash_once=true"])
     query_ids = write_pool(run_dir, 18)
-    stats = run_score(cfg, run_dir, "unused-by-the-oracle")
+    stats = run_score(cfg, "unused-by-the-oracle")
 
     # The actor died (marker written just before os._exit) and its batch was retried.
     assert os.path.exists(os.path.join(run_dir, "data/parts/score/_actor_crashed.json"))
@@ -89,8 +89,8 @@ def test_score_through_serve_survives_a_killed_policy_replica(ray_session, tmp_p
 
     run_dir = str(tmp_path / "run")
     cfg = load_config("configs/tiny.yaml", SMALL + [
-        f"run_dir={run_dir}", "score.engine=serve", "serve.replicas=2", "score.num_actors=1",
-        "score.n_rollouts=2", "score.batch_size=2"])
+        f"run_dir={run_dir}", "score.engine=serve", "serve.replicas=2", "rollout.num_actors=1",
+        "score.n_rollouts=2", "rollout.batch_size=2"])
     query_ids = write_pool(run_dir, 10)
     ckpt = os.path.join(run_dir, "ckpt/sft0")
     shutil.copytree(tiny_checkpoint, ckpt)
@@ -99,7 +99,7 @@ def test_score_through_serve_survives_a_killed_policy_replica(ray_session, tmp_p
 
     def score():
         try:
-            outcome["stats"] = run_score(cfg, run_dir, ckpt)
+            outcome["stats"] = run_score(cfg, ckpt)
         except Exception as exc:  # noqa: BLE001 - reported by the assertion below
             outcome["error"] = exc
 
@@ -155,7 +155,7 @@ def test_sft_worker_killed_mid_run_restarts_from_its_last_checkpoint(ray_session
     def train():
         try:
             outcome["summary"] = run_sft(
-                make_cfg(run_dir), run_dir, "sft0", "data/train.parquet", "ckpt/base",
+                make_cfg(run_dir), "sft0", "data/train.parquet", "ckpt/base",
                 "ckpt/sft0", [],
                 failure_config=FailureConfig(max_failures=1, controller_failure_limit=3))
         except Exception as exc:  # noqa: BLE001 - reported by the assertion below

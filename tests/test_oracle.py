@@ -99,7 +99,7 @@ def test_noise_makes_mistakes_of_every_kind(world, executor):
 
 
 def test_verified_rates_and_cli(capsys):
-    rates = oracle_verified_rates(per_family=3, noise=0.0, seed=0)
+    rates = oracle_verified_rates(per_family=3, noise=0.0, score_trajectory=score_trajectory, seed=0)
     assert set(rates) == set(FAMILIES) and all(r == 1.0 for r in rates.values())
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers(dest="command"))

@@ -16,7 +16,7 @@ TINY = [
     "model.num_heads=2", "model.num_kv_heads=1", "model.vocab_size=2048",
     "pool.queries_per_family=4", "pool.target_size=24", "pool.eval_per_family=1",
     "tiny_qa.fraction=0.5", "tiny_qa.long_tail=2", "tiny_qa.k=2",
-    "score.n_rollouts=2", "score.batch_size=4", "split.k_max=1",
+    "score.n_rollouts=2", "rollout.batch_size=4", "split.k_max=1",
     "sampling.max_new_tokens=48", "agent.max_turns=3", "agent.max_tokens=1200",
     "sft0.epochs=1", "sft0.batch_size=2", "sft0.seq_len=1024",
     "sft1.epochs=1", "sft1.batch_size=2", "sft1.seq_len=1024",
@@ -66,7 +66,7 @@ def test_cascade_end_to_end_then_resume(ray_session, tmp_path, capsys):
     from stagent_ray.stages.evaluate import run_eval
     greedy_only = load_config("configs/tiny.yaml", TINY + [
         f"run_dir={run_dir}", "eval.pass_k=0", "eval.teacher=false", "eval.checkpoints=[rl]"])
-    summary = run_eval(greedy_only, run_dir)
+    summary = run_eval(greedy_only)
     assert set(summary) == {"rl"} and set(summary["rl"]) == {"verified_rate", "mean_reward"}
     assert summary["rl"]["verified_rate"] == evals["rl"]["verified_rate"]
     assert "sampled" not in json.load(open(os.path.join(run_dir, "eval/rl.json")))

@@ -58,7 +58,7 @@ def sft_model(ray_session, tmp_path_factory):
     about half the time. Per query the SFT data holds the clean oracle trajectory (noise 0:
     "[Unsolved] Sorry, I can't do that: <reason>") twice and one in which the noisy oracle
     pretends to have done it."""
-    from stagent_ray.models.build import build_base_checkpoint
+    from stagent_ray.stages.base import build_base_checkpoint
     from stagent_ray.models.chat_format import UNSOLVED_MARKER
     from stagent_ray.rollout.agent_loop import initial_messages
     from stagent_ray.runio import write_table
@@ -82,7 +82,7 @@ def sft_model(ray_session, tmp_path_factory):
                          "messages": json.dumps(initial_messages(q.text) + m[1:])})
     write_table(run_dir, "data/sft.parquet", rows)
     build_base_checkpoint(os.path.join(run_dir, "ckpt/base"), cfg.model, cfg.world)
-    summary = run_sft(cfg, run_dir, "sft0", "data/sft.parquet", "ckpt/base", "ckpt/sft",
+    summary = run_sft(cfg, "sft0", "data/sft.parquet", "ckpt/base", "ckpt/sft",
                       max_steps=30, failure_config=no_retry())
     return summary["path"], [q.to_row() for q in queries]
 
@@ -105,7 +105,7 @@ def test_grpo_raises_reward_and_engine_tracks_weights(sft_model, tmp_path):
     init, prompts = sft_model
     run_dir = str(tmp_path)
     cfg = make_cfg(run_dir)
-    summary = run_rl(cfg, run_dir, init, "ckpt/rl", failure_config=no_retry(), prompts=prompts)
+    summary = run_rl(cfg, init, "ckpt/rl", failure_config=no_retry(), prompts=prompts)
 
     history = read_metrics(run_dir)
     assert [h["step"] for h in history] == list(range(1, cfg.rl.steps + 1))
@@ -139,13 +139,13 @@ def test_killed_ppo_run_resumes(sft_model, tmp_path):
     run_dir = str(tmp_path)
     cfg = make_cfg(run_dir, algorithm="ppo", steps=6, checkpoint_every=3, critic_lr=1e-3)
     with pytest.raises(Exception):
-        run_rl(cfg, run_dir, init, "ckpt/rl", failure_config=no_retry(), prompts=prompts,
+        run_rl(cfg, init, "ckpt/rl", failure_config=no_retry(), prompts=prompts,
                fail_at_step=6)
     first = {h["step"]: h for h in read_metrics(run_dir)}
     assert sorted(first) == [1, 2, 3, 4, 5]
     assert not os.path.exists(os.path.join(run_dir, "ckpt/rl"))
 
-    summary = run_rl(cfg, run_dir, init, "ckpt/rl", failure_config=no_retry(), prompts=prompts)
+    summary = run_rl(cfg, init, "ckpt/rl", failure_config=no_retry(), prompts=prompts)
     assert summary["resumed_from_step"] == 3 and summary["steps"] == 6
     second = {h["step"]: h for h in read_metrics(run_dir)}
     assert sorted(second) == [1, 2, 3, 4, 5, 6]
@@ -169,7 +169,7 @@ def test_gspo_runs(sft_model, tmp_path):
     init, prompts = sft_model
     run_dir = str(tmp_path)
     cfg = make_cfg(run_dir, algorithm="gspo", steps=2, kl_coef=0.01)
-    summary = run_rl(cfg, run_dir, init, "ckpt/rl", failure_config=no_retry(), prompts=prompts)
+    summary = run_rl(cfg, init, "ckpt/rl", failure_config=no_retry(), prompts=prompts)
     history = read_metrics(run_dir)
     assert [h["step"] for h in history] == [1, 2] and summary["steps"] == 2
     for h in history:
@@ -242,7 +242,7 @@ def test_update_is_independent_of_ranks_and_micro_batches(tmp_path):
     micro-batch means, and dummy passes that leak into the gradient."""
     import torch.multiprocessing as mp
 
-    from stagent_ray.models.build import build_base_checkpoint
+    from stagent_ray.stages.base import build_base_checkpoint
 
     cfg = make_cfg(str(tmp_path))
     path = build_base_checkpoint(str(tmp_path / "base"), cfg.model, cfg.world)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from stagent_ray.config import load_config
-from stagent_ray.rollout.ray_data import pass_at_k
+from stagent_ray.stages.rollouts import pass_at_k
 from stagent_ray.runio import query_to_row, read_table, write_table
 from stagent_ray.stages.score import run_score
 from stagent_ray.tasks.families import FAMILIES, generate_queries
@@ -21,7 +21,7 @@ from stagent_ray.world.generate import load_world
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
-OVERRIDES = ["score.n_rollouts=8", "score.num_actors=2", "score.batch_size=2",
+OVERRIDES = ["score.n_rollouts=8", "rollout.num_actors=2", "rollout.batch_size=2",
              "sampling.max_new_tokens=24", "agent.max_turns=2", "agent.max_tokens=1200"]
 
 DRIVER = """
@@ -31,7 +31,7 @@ from stagent_ray.ray_setup import init_ray
 from stagent_ray.stages.score import run_score
 cfg = load_config("configs/tiny.yaml", sys.argv[2:])
 init_ray(cfg.ray)
-run_score(cfg, cfg.run_dir, sys.argv[1])
+run_score(cfg, sys.argv[1])
 """
 
 
@@ -62,7 +62,7 @@ def test_score_resumes_after_driver_kill(ray_session, tmp_path, tiny_checkpoint)
     written_before = len([p for p in os.listdir(parts) if p.startswith("query-")])
     assert 0 < written_before < 20, "the kill should land mid-stage"
 
-    stats = run_score(cfg, run_dir, ckpt)
+    stats = run_score(cfg, ckpt)
     assert stats["resumed_skipped"] > 0
     rows = read_table(run_dir, "data/full_qa.parquet")
     trajs = read_table(run_dir, "data/trajectories.parquet")
@@ -91,12 +91,12 @@ def test_actors_asking_more_than_the_cluster_has_are_named(ray_session, caplog):
     """Ray Data would wait silently for such an actor; the warning names the setting."""
     import ray
 
-    from stagent_ray.rollout.ray_data import warn_if_unschedulable
+    from stagent_ray.stages.rollouts import warn_if_unschedulable
 
     have = ray.cluster_resources()
     with caplog.at_level("WARNING"):
         warn_if_unschedulable(have.get("CPU", 0) + 1, have.get("GPU", 0) + 1)
-    assert "score.cpus_per_actor" in caplog.text and "score.gpus_per_actor" in caplog.text
+    assert "rollout.cpus_per_actor" in caplog.text and "rollout.gpus_per_actor" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING"):
         warn_if_unschedulable(0.5, 0)
@@ -108,11 +108,13 @@ def test_checkpoints_through_one_actor_pool_roll_out_as_each_alone(ray_session, 
     """rollout_checkpoints (the eval of several checkpoints) copies each batch's checkpoint
     into the actor's engine: its rows equal one pool per checkpoint, so a missed or stale
     weight switch shows as the wrong model's tokens."""
+    from dataclasses import replace
+
     import torch
 
     from stagent_ray.models.build import load_model, load_tokenizer, save_checkpoint
-    from stagent_ray.rollout.ray_data import consolidate, policy_engine, rollout_checkpoints
-    from stagent_ray.rollout.ray_data import rollout_pool
+    from stagent_ray.stages.rollouts import consolidate, policy_engine, rollout_checkpoints
+    from stagent_ray.stages.rollouts import rollout_pool
 
     run_dir = str(tmp_path / "run")
     cfg = load_config("configs/tiny.yaml", OVERRIDES + [f"run_dir={run_dir}"])
@@ -126,15 +128,15 @@ def test_checkpoints_through_one_actor_pool_roll_out_as_each_alone(ray_session, 
     rows = [query_to_row(q) for f in list(FAMILIES)[:3]
             for q in generate_queries(world, f, 2, seed=3)]
     engines = {"a": policy_engine(cfg, tiny_checkpoint), "b": policy_engine(cfg, other)}
+    one_actor = replace(cfg, rollout=replace(cfg.rollout, num_actors=1, cpus_per_actor=1.0))
 
     # two actors: each may switch back and forth between the checkpoints
-    together = rollout_checkpoints(cfg, run_dir, rows, {f"pool/{k}": e for k, e in
-                                                        engines.items()},
-                                   2, 2, 0.5, 2, salt=7, temperature=0.0)
+    together = rollout_checkpoints(cfg, rows, {f"pool/{k}": e for k, e in engines.items()},
+                                   2, salt=7, temperature=0.0)
     assert {k: v["trajectories"] for k, v in together.items()} == {"pool/a": 12, "pool/b": 12}
     tokens = {}
     for k, engine in engines.items():
-        assert rollout_pool(cfg, run_dir, rows, engine, 2, f"alone/{k}", 1, 1.0, 2, salt=7,
+        assert rollout_pool(one_actor, rows, engine, 2, f"alone/{k}", salt=7,
                             temperature=0.0)["trajectories"] == 12
         for how in ("pool", "alone"):
             consolidate(run_dir, f"{how}/{k}", f"{how}_{k}_q.parquet", f"{how}_{k}_t.parquet")
@@ -145,6 +147,5 @@ def test_checkpoints_through_one_actor_pool_roll_out_as_each_alone(ray_session, 
     assert tokens["alone", "a"] != tokens["alone", "b"]  # the perturbation shows
 
     with pytest.raises(ValueError, match="differ only in 'model'"):
-        rollout_checkpoints(cfg, run_dir, rows, {"x": engines["a"],
-                                                 "y": {**engines["b"], "dtype": "bfloat16"}},
-                            1, 1, 1.0, 2)
+        rollout_checkpoints(cfg, rows, {"x": engines["a"],
+                                        "y": replace(engines["b"], dtype="bfloat16")}, 1)

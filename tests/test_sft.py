@@ -13,8 +13,9 @@ from stagent_ray.models.chat_format import format_tool_call, render_ids
 from stagent_ray.models.tokenizer import SYNTAX_LINES, train_tokenizer
 from stagent_ray.train.attention import KERNELS, VARLEN, flat_inputs, register
 from stagent_ray.train.data import batch_rows, pack, steps_per_epoch, tokenize_rows
+from stagent_ray.train.losses import sft_loss
 from stagent_ray.train.sft import (LinearCrossEntropy, attach_packed_nll, chunked_loss_supported,
-                                   lr_factor, packed_logits, sft_loss)
+                                   lr_factor, packed_logits)
 
 TINY = ModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2,
                    num_kv_heads=1)

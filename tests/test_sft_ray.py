@@ -13,7 +13,8 @@ from stagent_ray.models.chat_format import render_ids
 from stagent_ray.models.tokenizer import SYNTAX_LINES, train_tokenizer
 from stagent_ray.runio import write_table
 from stagent_ray.train.data import batch_rows, pack
-from stagent_ray.train.sft import packed_logits, run_sft, sft_loss
+from stagent_ray.train.losses import sft_loss
+from stagent_ray.train.sft import packed_logits, run_sft
 from test_sft import TINY, conversation
 
 # The session Ray (conftest) starts without a dashboard; init_ray then points the
@@ -86,7 +87,7 @@ def test_killed_run_resumes_and_exports(ray_session, run_dir):
     # ranks must equal the logits path run in one process (first_step_reference).
     cfg = make_cfg(run_dir, chunked_loss=True)
     no_retry = FailureConfig(max_failures=0, controller_failure_limit=0)
-    args = (cfg, run_dir, "sft0", "data/train.parquet", "ckpt/base", "ckpt/sft0", [])
+    args = (cfg, "sft0", "data/train.parquet", "ckpt/base", "ckpt/sft0", [])
     # Rank 0 is SIGKILLed as it starts step 7: steps 1-6 ran, the last checkpoint is step 4.
     # Ray registers a checkpoint once the controller has polled every rank's report of it;
     # two more reports (steps 5, 6) guarantee that, so the resume point is deterministic.
@@ -121,7 +122,7 @@ def test_lora_resumes_trains_and_exports_merged(ray_session, run_dir):
     cfg = make_cfg(run_dir, lora=True, lora_rank=4, lr=1e-2, checkpoint_every=3,
                    chunked_loss=True)
     no_retry = FailureConfig(max_failures=0, controller_failure_limit=0)
-    args = (cfg, run_dir, "sft0", "data/train.parquet", "ckpt/base", "ckpt/lora", [])
+    args = (cfg, "sft0", "data/train.parquet", "ckpt/base", "ckpt/lora", [])
     # LoRA checkpoints hold only the adapters (+ their optimizer state): resume must work too.
     with pytest.raises(Exception):
         run_sft(*args, max_steps=8, failure_config=no_retry, fail_at_step=6)  # 2 reports after 3
@@ -148,7 +149,7 @@ def test_pretraining_builds_a_base_that_predicts_world_text(ray_session, tmp_pat
     than the random weights on documents it never saw; a second call reuses it."""
     from stagent_ray.config import load_config
     from stagent_ray.models.lm_corpus import documents
-    from stagent_ray.pipeline import base_checkpoint
+    from stagent_ray.stages.base import run_base
 
     run_dir = str(tmp_path / "run")
     cfg = load_config("configs/tiny.yaml", [
@@ -157,8 +158,9 @@ def test_pretraining_builds_a_base_that_predicts_world_text(ray_session, tmp_pat
         "model.vocab_size=2048", "pretrain.docs=1200", "pretrain.batch_size=4",
         "pretrain.seq_len=256", "pretrain.epochs=3", "pretrain.warmup_steps=2",
         "pretrain.num_workers=2", "pretrain.log_every=5"])
-    path = base_checkpoint(cfg)
-    assert path == os.path.join(run_dir, "ckpt/base")
+    summary = run_base(cfg)
+    path = summary["model"]
+    assert path == os.path.join(run_dir, "ckpt/base") and summary["built"]
 
     def text_loss(model_dir: str) -> float:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -176,4 +178,5 @@ def test_pretraining_builds_a_base_that_predicts_world_text(ray_session, tmp_pat
     with open(os.path.join(run_dir, "train", "pretrain_metrics.jsonl")) as f:
         assert json.loads(f.readlines()[-1])["step"] > 10
     mtime = os.path.getmtime(os.path.join(path, "config.json"))
-    assert base_checkpoint(cfg) == path and os.path.getmtime(os.path.join(path, "config.json")) == mtime
+    assert run_base(cfg) == {"model": path, "built": False}
+    assert os.path.getmtime(os.path.join(path, "config.json")) == mtime

@@ -1,8 +1,9 @@
 """Build, load and save causal LMs.
 
 `build_tiny_model` makes the embedded default: a small Qwen3-architecture model from a
-config, with a tokenizer trained on the world. `load_model` takes any Hugging Face causal LM
-directory or hub id (a hub id needs network; tests use local paths).
+`ModelConfig`, with a tokenizer trained on the world (stages/base.py puts them together).
+`load_model` takes any Hugging Face causal LM directory or hub id (a hub id needs network;
+tests use local paths).
 """
 
 from __future__ import annotations
@@ -12,12 +13,10 @@ import os
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
-from stagent_ray.config import ModelConfig, WorldConfig
-
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def tiny_model_config(cfg: ModelConfig, vocab_size: int, eos_id: int, pad_id: int) -> Qwen3Config:
+def tiny_model_config(cfg, vocab_size: int, eos_id: int, pad_id: int) -> Qwen3Config:
     return Qwen3Config(
         vocab_size=vocab_size, hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
@@ -27,26 +26,13 @@ def tiny_model_config(cfg: ModelConfig, vocab_size: int, eos_id: int, pad_id: in
         bos_token_id=None, rope_theta=10000.0)
 
 
-def build_tiny_model(cfg: ModelConfig, tokenizer, seed: int = 0):
+def build_tiny_model(cfg, tokenizer, seed: int = 0):
     torch.manual_seed(seed)
     config = tiny_model_config(cfg, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
     model = Qwen3ForCausalLM(config).to(DTYPES[cfg.dtype])
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
-
-
-def build_base_checkpoint(out_dir: str, model_cfg: ModelConfig, world_cfg: WorldConfig,
-                          seed: int = 0) -> str:
-    """Write a fresh tiny model + world tokenizer to `out_dir` (HF format); return the path."""
-    from stagent_ray.models.tokenizer import train_tokenizer, world_corpus
-
-    texts = world_corpus(world_cfg.seed, world_cfg.n_cities, world_cfg.pois_per_city,
-                         world_cfg.today)
-    tokenizer = train_tokenizer(texts, model_cfg.vocab_size)
-    model = build_tiny_model(model_cfg, tokenizer, seed)
-    save_checkpoint(model, tokenizer, out_dir)
-    return out_dir
 
 
 def save_checkpoint(model, tokenizer, out_dir: str) -> None:

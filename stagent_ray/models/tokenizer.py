@@ -6,14 +6,10 @@ one id and a rendered conversation tokenises the same whether split into turns o
 
 from __future__ import annotations
 
-import json
-
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from stagent_ray.models.chat_format import (DEFAULT_SYSTEM_PROMPT, IM_END, SPECIAL_TOKENS,
-                                            compact_tool_schemas, format_tool_call,
-                                            tools_system_block)
+from stagent_ray.models.chat_format import IM_END, SPECIAL_TOKENS, format_tool_call
 
 # Text every tokenizer must cover well, whatever the world holds: digits, dates, times,
 # coordinates and the JSON of tool calls.
@@ -23,31 +19,6 @@ SYNTAX_LINES = [
     '{"name": "x", "arguments": {"query": "cafe", "radius": 2000, "limit": 5}}',
     "km min CNY AQI rating price open closed minutes hours [Unsolved]",
 ]
-
-
-def world_corpus(world_seed: int = 0, n_cities: int = 4, pois_per_city: int = 320,
-                 today: str = "2026-06-01") -> list[str]:
-    """Texts that cover what the agent will read and write in the synthetic world."""
-    from stagent_ray.world.backends import make_executor
-    from stagent_ray.world.generate import load_world
-
-    world = load_world(world_seed, n_cities, pois_per_city, today)
-    executor = make_executor(seed=world_seed, n_cities=n_cities,
-                             pois_per_city=pois_per_city, today=today)
-    texts = [DEFAULT_SYSTEM_PROMPT, tools_system_block(executor.schemas()),
-             tools_system_block(compact_tool_schemas(executor.schemas()))]
-    texts += [json.dumps(s) for s in executor.schemas()]
-    texts.append(world.to_json())
-    try:  # query texts and oracle trajectories, once the task families exist
-        from stagent_ray.tasks.families import FAMILIES, generate_queries
-        from stagent_ray.tasks.oracle import run_oracle
-        for family in FAMILIES:
-            for q in generate_queries(world, family, 3, seed=world_seed):
-                texts.append(q.text)
-                texts += [m["content"] for m in run_oracle(q, executor, noise=0.0)]
-    except ImportError:
-        pass
-    return texts + SYNTAX_LINES
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = 4096) -> PreTrainedTokenizerFast:

@@ -181,7 +181,7 @@ class LLMJudge:
         if task_type not in TASK_WEIGHTS:
             raise ValueError(f"unknown task_type {task_type!r} (one of {', '.join(TASK_WEIGHTS)})")
         if any("tool_calls" in m or not isinstance(m.get("content", ""), (str, type(None))) for m in messages):
-            from stagent_ray.rollout.message_engines import from_openai_messages
+            from stagent_ray.models.chat_format import from_openai_messages
 
             messages = from_openai_messages(messages)
         last = messages[-1] if messages else {"role": "", "content": ""}

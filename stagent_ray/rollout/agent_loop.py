@@ -20,6 +20,7 @@ which episodes share a batch.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -59,6 +60,14 @@ class Trajectory:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def sum_faults(fault_counts) -> dict:
+    """Totals of many episodes' (or stages') fault counts: Counters, dicts or their JSON."""
+    total = Counter()
+    for f in fault_counts:
+        total.update(json.loads(f) if isinstance(f, str) else f)
+    return dict(sorted(total.items()))
 
 
 def initial_messages(query_text: str, system_prompt: str | None = None) -> list[dict]:

@@ -3,7 +3,8 @@
 `oracle`: the world's scripted expert (the embedded default teacher).
 `openai`: any OpenAI-compatible `/v1/chat/completions` endpoint (a hosted teacher, a judge,
 or our own Serve ingress). Tool calls cross the wire in OpenAI's `tool_calls` form and are
-turned back into `<tool_call>` text here, so every trajectory has one format.
+turned back into `<tool_call>` text (models/chat_format.py), so every trajectory has one
+format.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from stagent_ray.models.chat_format import (format_tool_call, parse_assistant_turn)
+from stagent_ray.models.chat_format import from_openai_message, to_openai_messages
 
 
 class MessageEngine:
@@ -36,62 +37,6 @@ class OracleEngine(MessageEngine):
         return [oracle_next_turn(q, [m for m in msgs if m["role"] != "system"],
                                  noise=self.noise, seed=seed)
                 for q, msgs, seed in zip(queries, conversations, seeds)]
-
-
-def to_openai_messages(messages: list[dict]) -> list[dict]:
-    """Our messages -> OpenAI chat messages with `tool_calls` and `tool_call_id`.
-
-    OpenAI-style servers answer HTTP 400 unless every tool call id gets a tool message and
-    every tool message answers a call. The agent loop rejects some turns whole (more calls
-    than `agent.max_calls_per_turn`) with one error observation: that error answers each of
-    the turn's calls. A turn that did not parse has no calls, so its error goes back as a
-    user message.
-    """
-    out, pending_ids = [], []
-
-    def answer_rejected_calls():
-        while pending_ids and out[-1]["role"] == "tool":
-            out.append({"role": "tool", "tool_call_id": pending_ids.pop(0),
-                        "content": out[-1]["content"]})
-        pending_ids.clear()
-
-    for i, m in enumerate(messages):
-        if m["role"] != "tool":
-            answer_rejected_calls()
-        if m["role"] == "assistant":
-            parsed = parse_assistant_turn(m["content"], max_calls=64)
-            if parsed.calls:
-                text = m["content"][:m["content"].find("<tool_call>")].strip()
-                pending_ids = [f"call_{i}_{j}" for j in range(len(parsed.calls))]
-                out.append({"role": "assistant", "content": text or None, "tool_calls": [
-                    {"id": cid, "type": "function",
-                     "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
-                    for cid, c in zip(pending_ids, parsed.calls)]})
-                continue
-            out.append({"role": "assistant", "content": m["content"]})
-        elif m["role"] == "tool" and pending_ids:
-            out.append({"role": "tool", "tool_call_id": pending_ids.pop(0),
-                        "content": m["content"]})
-        elif m["role"] == "tool":
-            out.append({"role": "user", "content": f"Your last turn could not be run: "
-                                                   f"{m['content']}"})
-        else:
-            out.append({"role": m["role"], "content": m["content"]})
-    answer_rejected_calls()
-    return out
-
-
-def from_openai_message(message: dict) -> str:
-    """An OpenAI assistant message -> our assistant content (text + <tool_call> blocks)."""
-    parts = [message.get("content") or ""]
-    for call in message.get("tool_calls") or []:
-        fn = call.get("function", {})
-        try:
-            arguments = json.loads(fn.get("arguments") or "{}")
-        except json.JSONDecodeError:
-            arguments = {"_unparseable": fn.get("arguments")}
-        parts.append(format_tool_call(fn.get("name", ""), arguments))
-    return "\n".join(p for p in parts if p).strip()
 
 
 class OpenAIEngine(MessageEngine):
@@ -137,22 +82,3 @@ class OpenAIEngine(MessageEngine):
         with ThreadPoolExecutor(self.concurrency) as pool:
             messages = list(pool.map(self.complete, conversations, seeds))
         return [from_openai_message(m) for m in messages]
-
-
-def from_openai_messages(messages: list[dict]) -> list[dict]:
-    """OpenAI chat messages (with `tool_calls`, content parts) -> our messages."""
-    out = []
-    for m in messages:
-        role, content = m.get("role"), m.get("content")
-        if isinstance(content, list):  # content parts: keep the text ones
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        if role == "assistant":
-            out.append({"role": "assistant",
-                        "content": from_openai_message({**m, "content": content})})
-        elif role in ("system", "user", "tool"):
-            out.append({"role": role, "content": content or ""})
-        elif role == "developer":
-            out.append({"role": "system", "content": content or ""})
-        else:
-            raise ValueError(f"unsupported message role {role!r}")
-    return out

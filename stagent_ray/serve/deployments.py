@@ -18,8 +18,8 @@ from dataclasses import asdict
 
 from ray import serve
 
-from stagent_ray.rollout.engine import (Generation, SamplingParams, TokenEngine, make_token_engine,
-                                       prompt_seeds)
+from stagent_ray.rollout.engine import Generation, SamplingParams, TokenEngine, prompt_seeds
+from stagent_ray.rollout.engines import make_token_engine
 from stagent_ray.rollout.message_engines import MessageEngine
 
 
@@ -85,7 +85,7 @@ class Teacher:
     def __init__(self, engine_cfg: dict, tool_schemas: list[dict] | None = None,
                  max_batch_size: int = 16):
         from stagent_ray.config import EngineConfig
-        from stagent_ray.rollout.engine import make_message_engine
+        from stagent_ray.rollout.engines import make_message_engine
 
         self.engine = make_message_engine(EngineConfig(**engine_cfg), tool_schemas)
         self.chat_one.set_max_batch_size(max_batch_size)

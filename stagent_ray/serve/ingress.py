@@ -15,7 +15,7 @@ from fastapi import FastAPI, HTTPException, Request
 from ray import serve
 
 from stagent_ray.models.chat_format import IM_END, parse_assistant_turn, render_ids
-from stagent_ray.rollout.message_engines import from_openai_messages
+from stagent_ray.models.chat_format import from_openai_messages
 
 app = FastAPI()
 

@@ -5,7 +5,7 @@ Each model answers every eval query greedily once (pass@1) and `eval.pass_k` tim
 scorer as training. Per model, overall and per family: verified rate, mean reward, rubric
 score, `[Unsolved]` accuracy on out-of-scope queries (and false `[Unsolved]` on solvable
 ones), tool calls and tool errors per episode. An episode the tool backend failed
-(`infra_fault`, see rollout/ray_data.py) is not the model's doing: it is left out of these
+(`infra_fault`, see stages/rollouts.py) is not the model's doing: it is left out of these
 numbers and counted beside them with the faults met. Outputs: eval/<model>.json and
 eval/summary.json.
 """
@@ -13,11 +13,8 @@ eval/summary.json.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 
 from stagent_ray.models.chat_format import UNSOLVED_MARKER
-
-CHECKPOINTS = ["base", "sft0", "sft1", "rl"]
 
 
 def final_answer(messages_json: str) -> str:
@@ -51,26 +48,25 @@ def summarise(trajs: list[dict], queries: dict[str, dict]) -> dict:
     }
 
 
-def evaluate_models(cfg, run_dir: str, engines: dict[str, dict], eval_rows: list[dict],
+def evaluate_models(cfg, engines: dict, eval_rows: list[dict],
                     temperature_runs: list[tuple[str, float | None, int]],
                     out_dir: str = "eval") -> dict[str, dict]:
     """Eval results per model name; trajectories go to <out_dir>/<name>_<mode>_*.parquet.
-    `engines`: name -> engine spec; policy checkpoints of one architecture share one pool of
+    `engines`: name -> EngineConfig; policy checkpoints of one architecture share one pool of
     rollout actors per run (rollout_checkpoints)."""
-    from stagent_ray.rollout.ray_data import consolidate, rollout_checkpoints
     from stagent_ray.runio import read_table
+    from stagent_ray.stages.rollouts import consolidate, rollout_checkpoints
 
     if not engines:
         return {}
+    run_dir = cfg.run_dir
     queries = {r["query_id"]: r for r in eval_rows}
-    s = cfg.score
     results = {name: {"model": name} for name in engines}
     for mode, temperature, n in temperature_runs:
         parts = {name: f"{out_dir}/parts/{name}_{mode}" for name in engines}
-        stats = rollout_checkpoints(cfg, run_dir, eval_rows,
+        stats = rollout_checkpoints(cfg, eval_rows,
                                     {parts[name]: e for name, e in engines.items()}, n,
-                                    s.num_actors, s.cpus_per_actor, s.batch_size, salt=7,
-                                    temperature=temperature,
+                                    salt=7, temperature=temperature,
                                     desc=f"eval {' '.join(engines)} {mode}")
         for name in engines:
             rows = consolidate(run_dir, parts[name], f"{out_dir}/{name}_{mode}_queries.parquet",
@@ -89,33 +85,31 @@ def evaluate_models(cfg, run_dir: str, engines: dict[str, dict], eval_rows: list
     return results
 
 
-def checkpoint_engine(cfg, run_dir: str, name: str) -> dict:
-    """The rollout engine spec of the checkpoint `ckpt/<name>` (cfg.policy's engine)."""
-    from stagent_ray.rollout.ray_data import policy_engine
+def checkpoint_engine(cfg, name: str):
+    """The rollout engine of the checkpoint `ckpt/<name>` (cfg.policy's engine)."""
     from stagent_ray.runio import run_path
+    from stagent_ray.stages.rollouts import policy_engine
 
-    return policy_engine(cfg, run_path(run_dir, f"ckpt/{name}"))
+    return policy_engine(cfg, run_path(cfg.run_dir, f"ckpt/{name}"))
 
 
-def run_eval(cfg, run_dir: str) -> dict:
+def run_eval(cfg) -> dict:
     from stagent_ray.runio import exists, read_table, write_json
 
+    run_dir = cfg.run_dir
     eval_rows = read_table(run_dir, "data/eval.parquet")
     k = cfg.eval.pass_k
     summary = {}
     if cfg.eval.teacher:
-        teacher = evaluate_models(cfg, run_dir, {"teacher": asdict(cfg.teacher)}, eval_rows,
+        teacher = evaluate_models(cfg, {"teacher": cfg.teacher}, eval_rows,
                                   [("sampled", None, 1)])["teacher"]
         write_json(run_dir, "eval/teacher.json", teacher)
         summary["teacher"] = {"verified_rate": teacher["sampled"]["overall"]["verified_rate"],
                               "mean_reward": teacher["sampled"]["overall"]["mean_reward"]}
-    for name in cfg.eval.checkpoints:
-        if name not in CHECKPOINTS:
-            raise ValueError(f"eval.checkpoints: {name!r} is not one of {CHECKPOINTS}")
-    engines = {name: checkpoint_engine(cfg, run_dir, name) for name in cfg.eval.checkpoints
+    engines = {name: checkpoint_engine(cfg, name) for name in cfg.eval.checkpoints
                if exists(run_dir, f"ckpt/{name}/config.json")}
     sampled = [("sampled", cfg.eval.temperature, k)] if k > 0 else []  # 0: greedy only
-    results = evaluate_models(cfg, run_dir, engines, eval_rows, [("greedy", 0.0, 1)] + sampled)
+    results = evaluate_models(cfg, engines, eval_rows, [("greedy", 0.0, 1)] + sampled)
     for name, result in results.items():
         write_json(run_dir, f"eval/{name}.json", result)
         summary[name] = {"verified_rate": result["greedy"]["overall"]["verified_rate"],

@@ -218,34 +218,23 @@ def read_query_files(paths: list[str], text_field: str = "text") -> list:
     Paths may be local or URIs (s3://, gs://). A malformed line, a row without text or an
     unknown intent stops the stage with the file and line named.
     """
+    import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
-    from stagent_ray.runio import filesystem
+    from stagent_ray.runio import filesystem, read_jsonl
 
     queries = []
     for path in paths:
         fs, inner = filesystem(path)
-        try:
-            if path.endswith(".parquet"):
-                rows = pq.read_table(inner, filesystem=fs).to_pylist()
-                queries += [query_from_record(r, text_field, f"{path} row {i + 1}")
-                            for i, r in enumerate(rows)]
-                continue
-            with fs.open_input_stream(inner) as f:
-                lines = f.read().decode("utf-8").splitlines()
-        except FileNotFoundError:
-            raise ValueError(f"pool.query_files: {path} does not exist") from None
-        for lineno, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got "
-                                 f"{type(record).__name__}")
-            queries.append(query_from_record(record, text_field, f"{path}:{lineno}"))
+        if fs.get_file_info(inner).type == pafs.FileType.NotFound:
+            raise ValueError(f"pool.query_files: {path} does not exist")
+        if path.endswith(".parquet"):
+            rows = pq.read_table(inner, filesystem=fs).to_pylist()
+            queries += [query_from_record(r, text_field, f"{path} row {i + 1}")
+                        for i, r in enumerate(rows)]
+        else:
+            queries += [query_from_record(record, text_field, f"{path}:{lineno}")
+                        for lineno, record in read_jsonl(path, numbered=True)]
     if not queries:
         raise ValueError(f"pool.query_files: no queries in {', '.join(paths)}")
     return queries
@@ -276,11 +265,13 @@ def eval_queries(world, families: list[str], per_family: int, seed: int, exclude
 
 # ---------------------------------------------------------------- the stage
 
-def run_pool(cfg, run_dir: str) -> dict:
+def run_pool(cfg) -> dict:
     """Write data/pool.parquet and data/eval.parquet; return the stage metrics."""
     from stagent_ray.runio import query_to_row, write_table
     from stagent_ray.tasks.families import FAMILIES, generate_queries
     from stagent_ray.world.generate import load_world
+
+    run_dir = cfg.run_dir
 
     if cfg.pool.source == "file":
         # No world to hold a city out of: the eval set is a random share of the curated

@@ -17,7 +17,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from stagent_ray.runio import exists, filesystem, read_json, read_table, run_path  # noqa: E402
+from stagent_ray.runio import (exists, filesystem, read_json, read_jsonl, read_table,  # noqa: E402
+                               run_path)
 
 
 def _save(fig, run_dir: str, name: str) -> str:
@@ -32,12 +33,8 @@ def _save(fig, run_dir: str, name: str) -> str:
     return name
 
 
-def _read_jsonl(run_dir: str, relative: str) -> list[dict]:
-    if not exists(run_dir, relative):
-        return []
-    fs, _ = filesystem(run_dir)
-    with fs.open_input_stream(run_path(run_dir, relative)) as f:
-        return [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
+def _metrics(run_dir: str, relative: str) -> list[dict]:
+    return read_jsonl(run_dir, relative) if exists(run_dir, relative) else []
 
 
 FAULT_COLUMNS = [("injected_timeout", "injected timeouts"), ("injected_error", "raised"),
@@ -49,7 +46,9 @@ FAULT_COLUMNS = [("injected_timeout", "injected timeouts"), ("injected_error", "
 
 def stage_faults(run_dir: str, evals: dict, rl_history: list[dict]) -> dict[str, dict]:
     """Fault counts per stage, from the part files, eval results and RL metrics."""
-    from stagent_ray.rollout.ray_data import fault_totals, history_faults, list_parts, sum_faults
+    from stagent_ray.rollout.agent_loop import sum_faults
+    from stagent_ray.stages.rollouts import fault_totals, list_parts
+    from stagent_ray.train.rl import history_faults
 
     out = {}
     for stage, parts in (("tiny_qa", "data/parts/tiny_qa"), ("score", "data/parts/score"),
@@ -76,13 +75,16 @@ def fault_table(faults: dict[str, dict]) -> str:
     return table
 
 
-def run_report(cfg, run_dir: str) -> dict:
+def run_report(cfg) -> dict:
+    from stagent_ray.stages.rollouts import pass_count_histogram
+
+    run_dir = cfg.run_dir
     images, sections = [], []
 
     if exists(run_dir, "data/full_qa.parquet"):
         full = read_table(run_dir, "data/full_qa.parquet")
-        n = max(r["n"] for r in full) if full else 0
-        hist = [sum(sum(r["verified"]) == k for r in full) for k in range(n + 1)]
+        hist = pass_count_histogram(full)
+        n = len(hist) - 1
         fig, ax = plt.subplots(figsize=(6, 3.2))
         ax.bar(range(n + 1), hist, color="#3b7dd8")
         ax.set(xlabel=f"verified rollouts out of {n}", ylabel="queries",
@@ -132,7 +134,7 @@ def run_report(cfg, run_dir: str) -> dict:
                       f"{fmt(o['tool_calls_per_episode'])} | {fmt(o['tool_errors_per_episode'])} |\n")
         sections.append(("Held-out evaluation", table))
 
-    curves = {s: _read_jsonl(run_dir, f"train/{s}_metrics.jsonl") for s in ("sft0", "sft1")}
+    curves = {s: _metrics(run_dir, f"train/{s}_metrics.jsonl") for s in ("sft0", "sft1")}
     if any(curves.values()):
         fig, ax = plt.subplots(figsize=(6, 3.2))
         for stage, recs in curves.items():
@@ -141,7 +143,7 @@ def run_report(cfg, run_dir: str) -> dict:
         ax.set(xlabel="step", ylabel="loss", title="SFT loss")
         ax.legend()
         images.append(("SFT loss", _save(fig, run_dir, "sft_loss.png")))
-    rl = [r for r in _read_jsonl(run_dir, "train/rl_metrics.jsonl") if "reward_mean" in r]
+    rl = [r for r in _metrics(run_dir, "train/rl_metrics.jsonl") if "reward_mean" in r]
     faults = stage_faults(run_dir, evals, rl)
     sections.append(("Faults", fault_table(faults) + "\nTool faults are the infrastructure's: "
                      "retried, then the episode re-rolled, then left out of every score. Garbage "

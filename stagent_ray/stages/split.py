@@ -13,7 +13,6 @@ data/split_report.json (every count and the pass-count histogram).
 from __future__ import annotations
 
 import random
-from dataclasses import asdict
 
 
 def region_of(row: dict, certain_threshold: float) -> str:
@@ -27,10 +26,11 @@ def region_of(row: dict, certain_threshold: float) -> str:
     return "hard"
 
 
-def run_split(cfg, run_dir: str) -> dict:
-    from stagent_ray.rollout.ray_data import consolidate, rollout_pool
+def run_split(cfg) -> dict:
     from stagent_ray.runio import read_table, write_json, write_table
+    from stagent_ray.stages.rollouts import consolidate, pass_count_histogram, rollout_pool
 
+    run_dir = cfg.run_dir
     full = read_table(run_dir, "data/full_qa.parquet")
     regions = {r["query_id"]: region_of(r, cfg.split.certain_threshold) for r in full}
     by_region = {k: [r for r in full if regions[r["query_id"]] == k]
@@ -51,10 +51,8 @@ def run_split(cfg, run_dir: str) -> dict:
     noise = by_region["noise"]
     if noise and cfg.split.k_max > 0:
         pool = {r["query_id"]: r for r in read_table(run_dir, "data/pool.parquet")}
-        s = cfg.score
-        stats = rollout_pool(cfg, run_dir, [pool[r["query_id"]] for r in noise],
-                             asdict(cfg.teacher), cfg.split.k_max, "data/parts/recover",
-                             s.num_actors, s.cpus_per_actor, s.batch_size, salt=1,
+        stats = rollout_pool(cfg, [pool[r["query_id"]] for r in noise], cfg.teacher,
+                             cfg.split.k_max, "data/parts/recover", salt=1,
                              desc="split (teacher recovery)")
         recovery_faults = stats["faults"]
         rows = consolidate(run_dir, "data/parts/recover", "data/recovered_scored.parquet", None)
@@ -69,7 +67,6 @@ def run_split(cfg, run_dir: str) -> dict:
                   "learnability": r["learnability"]} for r in hard]
     write_table(run_dir, "data/certain.parquet", certain)
     write_table(run_dir, "data/hard.parquet", hard_rows)
-    n = max((r["n"] for r in full), default=0)
     report = {
         "queries": len(full),
         "regions": {k: len(v) for k, v in by_region.items()},
@@ -81,7 +78,7 @@ def run_split(cfg, run_dir: str) -> dict:
         "noise_dropped": len(noise) - len(recovered),
         "recovery_faults": recovery_faults,   # tool faults met by the teacher's attempts
         "rl_prompts": len(hard_rows),
-        "pass_count_histogram": [sum(sum(r["verified"]) == k for r in full) for k in range(n + 1)],
+        "pass_count_histogram": pass_count_histogram(full),
         "thresholds": {"certain_threshold": cfg.split.certain_threshold,
                        "keep_trivial_fraction": cfg.split.keep_trivial_fraction,
                        "k_max": cfg.split.k_max},

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict
 
 
 def sample_tiny_queries(cfg, pool_rows: list[dict], eval_texts: set[str]) -> list[dict]:
@@ -42,16 +41,15 @@ def sample_tiny_queries(cfg, pool_rows: list[dict], eval_texts: set[str]) -> lis
     return sample + extra
 
 
-def run_tiny_qa(cfg, run_dir: str) -> dict:
-    from stagent_ray.rollout.ray_data import consolidate, rollout_pool
+def run_tiny_qa(cfg) -> dict:
     from stagent_ray.runio import read_table, write_table
+    from stagent_ray.stages.rollouts import consolidate, rollout_pool
 
+    run_dir = cfg.run_dir
     pool = read_table(run_dir, "data/pool.parquet")
     eval_texts = {r["text"] for r in read_table(run_dir, "data/eval.parquet")}
     queries = sample_tiny_queries(cfg, pool, eval_texts)
-    s = cfg.score
-    stats = rollout_pool(cfg, run_dir, queries, asdict(cfg.teacher), cfg.tiny_qa.k,
-                         "data/parts/tiny_qa", s.num_actors, s.cpus_per_actor, s.batch_size,
+    stats = rollout_pool(cfg, queries, cfg.teacher, cfg.tiny_qa.k, "data/parts/tiny_qa",
                          desc="tiny_qa (teacher)")
     rows = consolidate(run_dir, "data/parts/tiny_qa", "data/tiny_qa_scored.parquet", None,
                        order=[q["query_id"] for q in queries])

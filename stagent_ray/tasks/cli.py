@@ -8,8 +8,7 @@
 
 from __future__ import annotations
 
-import json
-
+from stagent_ray.console import print_json
 from stagent_ray.tasks.families import FAMILIES, generate_queries
 from stagent_ray.tasks.oracle import DEFAULT_NOISE, oracle_verified_rates
 
@@ -19,13 +18,16 @@ def sample(args) -> int:
 
     world = load_world(args.world_seed)
     for query in generate_queries(world, args.family, args.n, args.seed):
-        print(json.dumps(query.to_dict(), ensure_ascii=False))
+        print_json(query.to_dict())
     return 0
 
 
 def oracle(args) -> int:
-    rates = oracle_verified_rates(args.per_family, args.noise, args.seed, args.world_seed)
-    print(json.dumps(rates, sort_keys=True))
+    from stagent_ray.reward import score_trajectory
+
+    rates = oracle_verified_rates(args.per_family, args.noise, score_trajectory, args.seed,
+                                  args.world_seed)
+    print_json(rates, sort_keys=True)
     return 0
 
 

@@ -97,10 +97,10 @@ def oracle_next_turn(query, messages: list[dict], noise: float = 0.0, seed: int 
     return _assistant_content(step)
 
 
-def oracle_trajectories(per_family: int, noise: float, seed: int = 0, world_seed: int = 0,
-                        families=None):
-    """Yield (query, messages, score) for `per_family` queries of each family."""
-    from stagent_ray.reward import score_trajectory
+def oracle_trajectories(per_family: int, noise: float, score_trajectory, seed: int = 0,
+                        world_seed: int = 0, families=None):
+    """Yield (query, messages, score) for `per_family` queries of each family, graded by
+    `score_trajectory(query, messages)` (the caller's scorer: tasks never import reward)."""
     from stagent_ray.world.backends import make_executor
     from stagent_ray.world.generate import load_world
 
@@ -112,10 +112,12 @@ def oracle_trajectories(per_family: int, noise: float, seed: int = 0, world_seed
             yield query, messages, score_trajectory(query, messages)
 
 
-def oracle_verified_rates(per_family: int, noise: float, seed: int = 0, world_seed: int = 0) -> dict:
+def oracle_verified_rates(per_family: int, noise: float, score_trajectory, seed: int = 0,
+                          world_seed: int = 0) -> dict:
     """Share of verified oracle trajectories per family (a check on families, oracle and
     scorer together: at noise 0 every family should be near 1.0)."""
     verified: dict[str, list[bool]] = {}
-    for query, _, score in oracle_trajectories(per_family, noise, seed, world_seed):
+    for query, _, score in oracle_trajectories(per_family, noise, score_trajectory, seed,
+                                               world_seed):
         verified.setdefault(query.family, []).append(score.verified)
     return {family: round(sum(v) / len(v), 4) for family, v in verified.items()}

@@ -13,9 +13,7 @@ checkpoint, and DCP reads them back — also into a different number of workers.
 
 from __future__ import annotations
 
-import json
 import os
-import posixpath
 import random
 import tempfile
 import uuid
@@ -309,18 +307,6 @@ def publish_dir(src_fs: pafs.FileSystem, src_path: str, run_dir: str, relative: 
         fs.create_dir(dst, recursive=True)
         pafs.copy_files(src_path, dst, source_filesystem=src_fs, destination_filesystem=fs)
     return run_dir.rstrip("/") + "/" + relative if "://" in run_dir else dst
-
-
-def write_jsonl(run_dir: str, relative: str, rows: list[dict]) -> None:
-    """Rewrite a small JSONL file whole (object stores cannot append). The trainers keep the
-    history in their checkpoint, so after a resume the file holds no steps that were undone."""
-    fs, _ = filesystem(run_dir)
-    path = run_path(run_dir, relative)
-    fs.create_dir(posixpath.dirname(path), recursive=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with fs.open_output_stream(tmp) as f:
-        f.write("".join(json.dumps(r) + "\n" for r in rows).encode())
-    fs.move(tmp, path)
 
 
 def all_reduce_sum(x: float, device: torch.device) -> float:

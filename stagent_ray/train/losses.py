@@ -139,7 +139,22 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     return masked_mean(loss, mask)
 
 
-def sft_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy on masked tokens: logits [B, T, V] predict labels [B, T]."""
-    nll = -token_logprobs(logits, labels)                               # [B, T]
-    return masked_mean(nll, mask)
+def sft_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor | None = None,
+             num_loss_tokens: int | torch.Tensor | None = None) -> torch.Tensor:
+    """Token-level cross-entropy over the assistant tokens.
+
+    logits [B, T, V], labels [B, T] (the token each position predicts), loss_mask [B, T]
+    (bool or 0/1); or, with loss_mask None, logits [N, V] and labels [N] already picked at
+    the loss positions (packed_logits(keep=...)). Returns the summed CE of the masked tokens
+    / num_loss_tokens (default: this batch's count; the trainer passes the whole step's count
+    across micro-batches and ranks). Only masked positions enter the graph, so every other
+    logit gets a gradient of exactly zero — and the fp32 copy is made only of the rows that
+    count.
+    """
+    if loss_mask is not None:
+        mask = loss_mask.bool()
+        logits, labels = logits[mask], labels[mask]                 # [N, V], [N]
+    nll = F.cross_entropy(logits.float(), labels.long(), reduction="sum")  # []
+    if num_loss_tokens is None:
+        num_loss_tokens = max(1, labels.numel())
+    return nll / num_loss_tokens

@@ -1,6 +1,6 @@
 """Stage `rl`: on-policy RL from πθ1 on the hard queries (GRPO by default; PPO, GSPO).
 
-    summary = run_rl(cfg, run_dir, "<run_dir>/ckpt/sft1", "ckpt/rl")
+    summary = run_rl(cfg, "<run_dir>/ckpt/sft1", "ckpt/rl")
 
 One RL step, in every Ray Train worker:
   1. rollout   each worker takes its share of the step's prompts and runs G episodes per
@@ -24,7 +24,6 @@ metric history) go through Ray Train, so a killed run resumes.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import posixpath
@@ -37,13 +36,12 @@ from collections import Counter
 import numpy as np
 import torch
 
+from stagent_ray.runio import write_jsonl
 from stagent_ray.train import losses as L
 from stagent_ray.train.common import (adamw, all_reduce_sum, attention_for, export_hf,
-                                      fit_on_ray_train,
-                                      grad_norm_and_clip, load_for_training, load_train_state,
-                                      local_model_dir, publish_dir, save_train_state,
-                                      shard_model, write_jsonl)
-
+                                      fit_on_ray_train, grad_norm_and_clip, load_for_training,
+                                      load_train_state, local_model_dir, publish_dir,
+                                      save_train_state, shard_model)
 
 
 class ValueModel(torch.nn.Module):
@@ -113,18 +111,18 @@ def sequence_logprobs(model, batch: dict, temperature: float, with_entropy: bool
 
 
 def rl_loop(config: dict) -> None:
-    """Runs in every Ray Train worker."""
+    """Runs in every Ray Train worker. config: the Config itself (`cfg`), the run's name,
+    the init checkpoint, the prompts (an object ref) and the Serve app, if any (run_rl)."""
     import ray
     import ray.train
     import ray.train.torch
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    from stagent_ray.config import config_from_dict
     from stagent_ray.reward import make_scorer, score_episode
-    from stagent_ray.rollout.agent_loop import run_episodes
-    from stagent_ray.rollout.engine import SamplingParams, derive_seed, with_faults
-    from stagent_ray.rollout.ray_data import sum_faults
+    from stagent_ray.rollout.agent_loop import run_episodes, sum_faults
+    from stagent_ray.rollout.engine import SamplingParams, derive_seed
+    from stagent_ray.rollout.engines import with_faults
     from stagent_ray.runio import row_to_query
     from stagent_ray.world.backends import executor_from_config
 
@@ -133,7 +131,7 @@ def rl_loop(config: dict) -> None:
     device = ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.get_local_world_size()))
-    cfg = config_from_dict(config["cfg"])
+    cfg = config["cfg"]
     rl, init = cfg.rl, config["init_checkpoint"]
     prompts = ray.get(config["prompts_ref"])
     executor = executor_from_config(cfg.world, cfg.faults)
@@ -300,7 +298,7 @@ def rl_loop(config: dict) -> None:
         metrics.update({f"faults_{k}": v for k, v in sum_faults(fault_parts).items()})
         history.append(metrics)
         if rank == 0:
-            write_jsonl(config["run_dir"], f"train/{config['name']}_metrics.jsonl", history)
+            write_jsonl(cfg.run_dir, f"train/{config['name']}_metrics.jsonl", history)
         done = step + 1
         if done % rl.checkpoint_every == 0 or done == rl.steps:
             with tempfile.TemporaryDirectory() as d:
@@ -459,36 +457,51 @@ def all_reduce_max(x: float, device) -> float:
     return float(t)
 
 
-def run_rl(cfg, run_dir: str, init_checkpoint: str, out_relative: str, *,
-           failure_config=None, fail_at_step: int | None = None,
-           prompts: list[dict] | None = None, name: str = "rl") -> dict:
-    """Train from `init_checkpoint` on the hard queries of the run (data/hard.parquet,
-    joined with data/pool.parquet for their ground truth); export to `out_relative`.
-    `name` keys the run's checkpoints and metrics (train/<name>, train/<name>_metrics.jsonl):
-    another name is another run (the cascade benchmark's ablations)."""
+def rl_prompts(cfg) -> tuple[list[dict], str]:
+    """The prompts RL trains on and the set they are (the one place this is decided):
+    `rl.prompt_set` hard = the split's hard queries (data/hard.parquet) joined with the pool
+    for their ground truth; all = the whole pool. A weak πθ0 can leave no hard query: then
+    the whole pool, said on stderr and returned as "all"."""
+    import sys
+
+    from stagent_ray.runio import read_table
+
+    pool = read_table(cfg.run_dir, "data/pool.parquet")
+    if cfg.rl.prompt_set == "all":
+        return pool, "all"
+    by_id = {r["query_id"]: r for r in pool}
+    hard = [by_id[r["query_id"]] for r in read_table(cfg.run_dir, "data/hard.parquet")
+            if r["query_id"] in by_id]
+    if hard:
+        return hard, "hard"
+    print("[rl] no hard queries in data/hard.parquet; RL runs on the whole pool "
+          "(see data/split_report.json)", file=sys.stderr)
+    return pool, "all"
+
+
+def run_rl(cfg, init_checkpoint: str, out_relative: str, *, failure_config=None,
+           fail_at_step: int | None = None, prompts: list[dict] | None = None,
+           name: str = "rl") -> dict:
+    """Train from `init_checkpoint` on `prompts` (default: rl_prompts(cfg)); export to
+    `<run_dir>/<out_relative>`. `name` keys the run's checkpoints and metrics (train/<name>,
+    train/<name>_metrics.jsonl): another name is another run (the cascade benchmark's
+    ablations)."""
     import ray
 
-    from stagent_ray.config import config_to_dict
-    from stagent_ray.rollout.ray_data import history_faults
-    from stagent_ray.runio import read_table, run_path
+    from stagent_ray.runio import run_path
 
-    if prompts is None and cfg.rl.prompt_set == "all":
-        prompts = read_table(run_dir, "data/pool.parquet")
-    elif prompts is None:
-        pool = {r["query_id"]: r for r in read_table(run_dir, "data/pool.parquet")}
-        prompts = [pool[r["query_id"]] for r in read_table(run_dir, "data/hard.parquet")
-                   if r["query_id"] in pool]
+    run_dir, rl = cfg.run_dir, cfg.rl
+    prompt_set = "given"
+    if prompts is None:
+        prompts, prompt_set = rl_prompts(cfg)
     if not prompts:
-        raise ValueError("rl: no hard queries to train on (see data/split_report.json); "
-                         "lower split.certain_threshold, score more queries, or set rl.prompt_set=all")
-    rl = cfg.rl
+        raise ValueError("rl: no prompts to train on (data/pool.parquet is empty?)")
     serve_app = None
     if rl.rollout_engine == "serve":
         from stagent_ray.serve.deployments import deploy_policy
         serve_app = f"{name}_policy"
         deploy_policy(init_checkpoint, cfg.policy, cfg.serve, name=serve_app)
-    config = {"cfg": config_to_dict(cfg), "run_dir": run_dir,
-              "init_checkpoint": init_checkpoint, "prompts_ref": ray.put(prompts),
+    config = {"cfg": cfg, "init_checkpoint": init_checkpoint, "prompts_ref": ray.put(prompts),
               "fail_at_step": fail_at_step, "serve_app": serve_app, "name": name,
               "sync_dir": run_path(run_dir, f"train/{name}_sync")}
     try:
@@ -505,7 +518,8 @@ def run_rl(cfg, run_dir: str, init_checkpoint: str, out_relative: str, *,
     first = history[: max(1, len(history) // 4)]
     last = history[-max(1, len(history) // 4):]
     return {"steps": rl.steps, "path": path, "resumed_from_step": metrics["start_step"],
-            "prompts": len(prompts),
+            "prompts": len(prompts), "prompt_set": prompt_set,
+            "hard_set_empty": cfg.rl.prompt_set == "hard" and prompt_set == "all",
             "reward_first_quarter": float(np.mean([h["reward_mean"] for h in first])),
             "reward_last_quarter": float(np.mean([h["reward_mean"] for h in last])),
             "logprob_gap_max": max(h["logprob_gap_max"] for h in history),
@@ -515,8 +529,15 @@ def run_rl(cfg, run_dir: str, init_checkpoint: str, out_relative: str, *,
 
 
 def read_history(run_dir: str, name: str = "rl") -> list[dict]:
-    from stagent_ray.runio import filesystem, run_path
+    from stagent_ray.runio import read_jsonl
 
-    fs, _ = filesystem(run_dir)
-    with fs.open_input_stream(run_path(run_dir, f"train/{name}_metrics.jsonl")) as f:
-        return [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
+    return read_jsonl(run_dir, f"train/{name}_metrics.jsonl")
+
+
+def history_faults(history: list[dict]) -> dict:
+    """Fault totals of an RL run, from the `faults_<kind>` entries of its metric rows."""
+    from stagent_ray.rollout.agent_loop import sum_faults
+
+    prefix = "faults_"
+    return sum_faults({k[len(prefix):]: v for k, v in h.items() if k.startswith(prefix)}
+                      for h in history)

@@ -1,6 +1,6 @@
 """Stages `sft0` and `sft1`: supervised fine-tuning on verified trajectories, on Ray Train.
 
-    summary = run_sft(cfg, run_dir, "sft0", "data/tiny_qa.parquet", base_ckpt, "ckpt/sft0")
+    summary = run_sft(cfg, "sft0", "data/tiny_qa.parquet", base_ckpt, "ckpt/sft0")
 
 The driver renders every trajectory to token ids and a loss mask (1 only on tokens the
 assistant wrote: system, user and tool-response tokens never train), packs them into rows of
@@ -38,16 +38,17 @@ import time
 from functools import cache, partial
 
 import torch
-import torch.nn.functional as F
 from torch.distributed.fsdp import register_fsdp_forward_method
 
 from stagent_ray.config import SFTConfig
+from stagent_ray.runio import write_jsonl
 from stagent_ray.train.attention import VARLEN, flat_inputs
+from stagent_ray.train.losses import sft_loss
 from stagent_ray.train.common import (adamw, all_reduce_sum, attention_for, base_model,
                                       compile_layers, export_hf, fit_on_ray_train,
                                       flops_per_token, grad_norm_and_clip, load_for_training,
                                       load_train_state, local_model_dir, peak_flops, publish_dir,
-                                      save_train_state, shard_model, storage_path, write_jsonl)
+                                      save_train_state, shard_model, storage_path)
 from stagent_ray.train.data import (batch_rows, fingerprint, pack, steps_per_epoch,
                                     tokenize_rows)
 
@@ -61,27 +62,6 @@ CHECKPOINTS_TO_KEEP = 2
 
 
 # ---------------------------------------------------------------- pure functions
-
-def sft_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor | None = None,
-             num_loss_tokens: int | torch.Tensor | None = None) -> torch.Tensor:
-    """Token-level cross-entropy over the assistant tokens.
-
-    logits [B, T, V], labels [B, T] (the token each position predicts), loss_mask [B, T]
-    (bool or 0/1); or, with loss_mask None, logits [N, V] and labels [N] already picked at
-    the loss positions (packed_logits(keep=...)). Returns the summed CE of the masked tokens
-    / num_loss_tokens (default: this batch's count; the trainer passes the whole step's count
-    across micro-batches and ranks). Only masked positions enter the graph, so every other
-    logit gets a gradient of exactly zero — and the fp32 copy is made only of the rows that
-    count.
-    """
-    if loss_mask is not None:
-        mask = loss_mask.bool()
-        logits, labels = logits[mask], labels[mask]                 # [N, V], [N]
-    nll = F.cross_entropy(logits.float(), labels.long(), reduction="sum")  # []
-    if num_loss_tokens is None:
-        num_loss_tokens = max(1, labels.numel())
-    return nll / num_loss_tokens
-
 
 def _ce_and_grad(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """logits [n, V], labels [n] -> (summed CE [], dCE/dlogits [n, V] in the logits' dtype).
@@ -244,41 +224,47 @@ def train_loop(config: dict) -> None:
         torch.cuda.set_device(device)  # NCCL collectives (DCP, state dicts) use the current one
     else:  # one thread per core share; oversubscribing only slows down
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.get_local_world_size()))
+    # config: the Config itself, the SFT section to train with, the run's name (checkpoints
+    # and metrics), and what the driver prepared (run_sft)
+    cfg, name = config["cfg"], config["name"]
+    sft = getattr(cfg, config["section"])
+    lora_rank = sft.lora_rank if sft.lora else 0
     data = ray.get(config["data_ref"])
     n_rows = len(data["input_ids"])
-    B, A, total = config["batch_size"], config["grad_accum"], config["total_steps"]
+    B, A, total = sft.batch_size, sft.grad_accum, config["total_steps"]
     per_rank, micro = B // world, B // (world * A)
     per_epoch = steps_per_epoch(n_rows, B)
+    # what a checkpoint must have been made with to resume this run
+    expected = {"fingerprint": config["fingerprint"], "total_steps": total, "batch_size": B}
 
     # Same seed on every rank: LoRA adapters are initialised identically before sharding.
-    torch.manual_seed(config["seed"])
-    model = load_for_training(config["init_checkpoint"], config["lora_rank"],
-                              config["activation_checkpointing"],
-                              attention_for(device, kernel=config["attention_kernel"]))
-    if config["compile"]:
+    torch.manual_seed(cfg.seed)
+    model = load_for_training(config["init_checkpoint"], lora_rank, sft.activation_checkpointing,
+                              attention_for(device, kernel=sft.attention_kernel))
+    if sft.compile:
         compile_layers(model)
     n_params = sum(p.numel() for p in model.parameters())
     trained = float(data["loss_mask"].sum() / data["real_tokens"].sum())  # lm_head share
-    flops_tok = flops_per_token(model.config, n_params, config["seq_len"], trained)
+    flops_tok = flops_per_token(model.config, n_params, sft.seq_len, trained)
     peak = peak_flops(device)
-    chunked = use_chunked_loss(config["chunked_loss"], model, device)
+    chunked = use_chunked_loss(sft.chunked_loss, model, device)
     model = shard_model(model, device)
     if chunked:
         attach_packed_nll(model)
-    optimizer = adamw(model, config["lr"], config["weight_decay"], device)
+    optimizer = adamw(model, sft.lr, sft.weight_decay, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, partial(lr_factor, warmup=config["warmup_steps"], total=total))
+        optimizer, partial(lr_factor, warmup=sft.warmup_steps, total=total))
 
     start, history, tokens_seen, train_time = 0, [], 0, 0.0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = load_train_state(d, model, optimizer, rank)
-        for key in ("fingerprint", "total_steps", "batch_size"):
-            if state[key] != config[key]:
+        for key, value in expected.items():
+            if state[key] != value:
                 raise ValueError(
-                    f"{config['stage']}: the checkpoint in {config['storage']} was made with "
-                    f"{key}={state[key]!r}, this run has {config[key]!r}. Delete that directory "
+                    f"{name}: the checkpoint in {storage_path(cfg.run_dir)}/{name} was made "
+                    f"with {key}={state[key]!r}, this run has {value!r}. Delete that directory "
                     f"to start over, or restore the old data/config to resume.")
         scheduler.load_state_dict(state["scheduler"])
         start, history = state["step"], state["history"]
@@ -289,7 +275,7 @@ def train_loop(config: dict) -> None:
     for step in range(start, total):
         if config["fail_at_step"] == step + 1 and rank == 0:
             os.kill(os.getpid(), signal.SIGKILL)  # fault injection: die like an OOM kill
-        rows = batch_rows(n_rows, B, step, config["seed"])
+        rows = batch_rows(n_rows, B, step, cfg.seed)
         n_loss = int(data["loss_mask"][rows].sum())  # the whole step's count, all ranks
         mine = rows[rank * per_rank:(rank + 1) * per_rank]
         step_loss = torch.zeros((), device=device)
@@ -304,7 +290,7 @@ def train_loop(config: dict) -> None:
                                keep, inputs["labels"][keep], n_loss) * world
             loss.backward()
             step_loss += loss.detach() / world
-        grad_norm = grad_norm_and_clip(model, config["grad_clip"])
+        grad_norm = grad_norm_and_clip(model, sft.grad_clip)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
@@ -312,8 +298,8 @@ def train_loop(config: dict) -> None:
         window_tokens += int(data["real_tokens"][rows].sum())
 
         done = step + 1
-        log_now = done % config["log_every"] == 0 or done == total
-        checkpoint_now = done % config["checkpoint_every"] == 0 or done == total
+        log_now = done % sft.log_every == 0 or done == total
+        checkpoint_now = done % sft.checkpoint_every == 0 or done == total
         if not (log_now or checkpoint_now):
             continue
         if device.type == "cuda":
@@ -330,17 +316,16 @@ def train_loop(config: dict) -> None:
             metrics["mfu"] = flops_tok * metrics["tokens_per_s"] / (peak * world)
         history.append(metrics)
         if rank == 0:
-            write_jsonl(config["run_dir"], f"train/{config['stage']}_metrics.jsonl", history)
+            write_jsonl(cfg.run_dir, f"train/{name}_metrics.jsonl", history)
         if checkpoint_now:
             with tempfile.TemporaryDirectory() as d:
                 save_train_state(d, model, optimizer, rank, {
                     "step": done, "scheduler": scheduler.state_dict(), "history": history,
                     "tokens_seen": tokens_seen, "train_time": train_time,
-                    "fingerprint": config["fingerprint"], "total_steps": total,
-                    "batch_size": B})
+                    **expected})
                 if done == total:
                     export_hf(model, config["init_checkpoint"], os.path.join(d, "hf"), rank,
-                              config["lora_rank"], config["merge_lora"])
+                              lora_rank, config["merge_lora"])
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
                                  checkpoint_dir_name=f"step_{done:06d}")
         else:
@@ -361,12 +346,12 @@ def _resolve(run_dir: str, path: str) -> str:
     return run_dir.rstrip("/") + "/" + path if "://" in run_dir else run_path(run_dir, path)
 
 
-def run_sft(cfg, run_dir: str, stage: str, data_relative: str, init_checkpoint: str,
+def run_sft(cfg, stage: str, data_relative: str, init_checkpoint: str,
             out_relative: str, tool_schemas: list[dict] | None = None, *,
             max_steps: int | None = None, merge_lora: bool = True, failure_config=None,
             fail_at_step: int | None = None, name: str | None = None) -> dict:
-    """Train stage `stage` ("sft0" | "sft1": picks cfg.sft0 / cfg.sft1) on the trajectories
-    in `<run_dir>/<data_relative>`, starting from `init_checkpoint`; export the model to
+    """Train stage `stage` ("sft0" | "sft1" | "pretrain": picks that section of cfg) on the
+    trajectories in `<run_dir>/<data_relative>`, starting from `init_checkpoint`; export the model to
     `<run_dir>/<out_relative>`. Resumes from the stage's last Ray Train checkpoint if any.
 
     tool_schemas: the tools rendered into the system prompt (default: the world's, as the
@@ -387,6 +372,7 @@ def run_sft(cfg, run_dir: str, stage: str, data_relative: str, init_checkpoint: 
     from stagent_ray.models.build import load_tokenizer
     from stagent_ray.runio import read_table
 
+    run_dir = cfg.run_dir
     sft = getattr(cfg, stage, None)
     if not isinstance(sft, SFTConfig):
         raise ValueError(f"stage {stage!r} has no SFT config (cfg.{stage} is {type(sft).__name__})")
@@ -416,25 +402,14 @@ def run_sft(cfg, run_dir: str, stage: str, data_relative: str, init_checkpoint: 
                        stats["dropped"])
     packed = pack(samples, sft.seq_len, tokenizer.pad_token_id)
     n_rows = len(packed["input_ids"])
-    if sft.batch_size % (sft.num_workers * sft.grad_accum):
-        raise ValueError(f"{stage}.batch_size={sft.batch_size} must be a multiple of "
-                         f"num_workers x grad_accum = {sft.num_workers} x {sft.grad_accum}")
     total = sft.epochs * steps_per_epoch(n_rows, sft.batch_size)
     if max_steps:
         total = min(total, max_steps)
 
     name = name or stage
-    config = {"stage": name, "run_dir": run_dir, "storage": f"{storage_path(run_dir)}/{name}",
-              "init_checkpoint": init, "data_ref": ray.put(packed),
-              "fingerprint": fingerprint(packed), "total_steps": total, "seed": cfg.seed,
-              "seq_len": sft.seq_len, "batch_size": sft.batch_size, "grad_accum": sft.grad_accum,
-              "lr": sft.lr, "weight_decay": sft.weight_decay, "warmup_steps": sft.warmup_steps,
-              "grad_clip": sft.grad_clip, "lora_rank": sft.lora_rank if sft.lora else 0,
-              "merge_lora": merge_lora, "activation_checkpointing": sft.activation_checkpointing,
-              "compile": sft.compile, "chunked_loss": sft.chunked_loss,
-              "attention_kernel": sft.attention_kernel, "log_every": sft.log_every,
-              "checkpoint_every": sft.checkpoint_every,
-              "fail_at_step": fail_at_step}
+    config = {"cfg": cfg, "section": stage, "name": name, "init_checkpoint": init,
+              "data_ref": ray.put(packed), "fingerprint": fingerprint(packed),
+              "total_steps": total, "merge_lora": merge_lora, "fail_at_step": fail_at_step}
     result = fit_on_ray_train(train_loop, config, name, run_dir, sft.num_workers,
                               failure_config, CHECKPOINTS_TO_KEEP)
     ckpt, metrics = result.checkpoint, result.metrics or {}

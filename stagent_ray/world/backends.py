@@ -24,7 +24,8 @@ import urllib.request
 from collections import Counter, OrderedDict
 
 from stagent_ray.world.generate import load_world
-from stagent_ray.world.schemas import SCHEMAS, canonical_json, tool_error, validate_call
+from stagent_ray.world.schemas import (SCHEMAS, ToolBackend, canonical_json, tool_error,
+                                       validate_call)
 from stagent_ray.world.tools import call_tool
 
 # errors that say something about the backend at that moment, not about the call: never recorded
@@ -61,16 +62,6 @@ def injected_tool_fault(faults: dict | None, key: str) -> str | None:
         if u < 0:
             return kind
     return None
-
-
-class ToolBackend:
-    """Answers tool calls. `call` must return a JSON-serialisable dict and should not raise."""
-
-    def schemas(self) -> list[dict]:
-        return copy.deepcopy(SCHEMAS)
-
-    def call(self, name: str, arguments: dict) -> dict:
-        raise NotImplementedError
 
 
 class WorldBackend(ToolBackend):

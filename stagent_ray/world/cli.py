@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from stagent_ray.console import print_json
 from stagent_ray.world.backends import make_executor
 from stagent_ray.world.schemas import tool_error
 
@@ -19,12 +20,8 @@ def _add_world_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--today", default="2026-06-01", help="first day of the tool date window")
 
 
-def _print_json(obj) -> None:
-    print(json.dumps(obj, ensure_ascii=False, indent=2))
-
-
 def cmd_list(args) -> int:
-    _print_json(make_executor("world", seed=args.seed, today=args.today).schemas())
+    print_json(make_executor("world", seed=args.seed, today=args.today).schemas(), indent=2)
     return 0
 
 
@@ -32,10 +29,10 @@ def cmd_call(args) -> int:
     try:
         arguments = json.loads(args.arguments)
     except json.JSONDecodeError as e:
-        _print_json(tool_error("invalid_arguments", f"arguments are not valid JSON: {e}"))
+        print_json(tool_error("invalid_arguments", f"arguments are not valid JSON: {e}"), indent=2)
         return 2
     result = make_executor("world", seed=args.seed, today=args.today).call(args.name, arguments)
-    _print_json(result)
+    print_json(result, indent=2)
     return 2 if "error" in result else 0
 
 

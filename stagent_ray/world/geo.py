@@ -212,12 +212,6 @@ def compute_route(points: list, mode: str, depart_dt: datetime, preference: str 
             "toll_cny": toll, "fare_cny": fare, "departure": depart_dt, "arrival": t, "legs": legs}
 
 
-def travel_time_min(a, b, mode: str, depart_dt: datetime, preference: str | None = None) -> int | None:
-    """Minutes for a single leg a->b (None = no service): the number map_compute_routes reports."""
-    leg = route_leg(a, b, mode, depart_dt, preference)
-    return None if leg is None else leg["duration_min"]
-
-
 def latest_departure(points: list, mode: str, arrive_by: datetime, preference: str | None = None,
                      traffic_aware: bool = True) -> dict | None:
     """The route (as `compute_route`) with the latest whole-minute departure arriving <= arrive_by.

@@ -41,8 +41,7 @@ from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
 
-from stagent_ray.world.backends import ToolBackend
-from stagent_ray.world.schemas import ERROR_TYPES, tool_error
+from stagent_ray.world.schemas import ERROR_TYPES, ToolBackend, tool_error
 
 log = logging.getLogger(__name__)
 

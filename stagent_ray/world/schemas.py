@@ -7,6 +7,7 @@ happen in `tools.py`. Errors are {"error": {"type": <kind>, "message": <names th
 
 from __future__ import annotations
 
+import copy
 import json
 
 from stagent_ray.world.geo import MODES, PREFERENCES, parse_date, parse_datetime, parse_latlng
@@ -236,3 +237,14 @@ def validate_call(name, arguments, schema_by_name: dict | None = None) -> tuple[
 def canonical_json(obj) -> str:
     """Stable JSON used for cache and replay keys."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+class ToolBackend:
+    """Answers tool calls. `call` must return a JSON-serialisable dict and should not raise.
+    (Here, beside the schemas, so backends.py and mcp_client.py both build on it.)"""
+
+    def schemas(self) -> list[dict]:
+        return copy.deepcopy(SCHEMAS)
+
+    def call(self, name: str, arguments: dict) -> dict:
+        raise NotImplementedError

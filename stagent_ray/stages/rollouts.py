@@ -1,8 +1,9 @@
 """Rollouts at scale: Ray Data streams query rows through actors that run N scored
 episodes per query and write their rows to Parquet part files as they finish.
 
-Used by `tiny_qa` (teacher, K attempts), `score` (πθ0, N rollouts) and `split` (teacher
-recovery of all-fail queries). Resume is by query_id: a restart reads the part files already
+Used by `tiny_qa` (teacher, K attempts), `score` (πθ0, N rollouts), `split` (teacher
+recovery of all-fail queries) and `eval` (every checkpoint through one actor pool); the
+actors are sized by the config's `rollout:` section. Resume is by query_id: a restart reads the part files already
 written and only sends the rest; each part is written under a temporary name and renamed,
 so a killed run never leaves a partial part that looks complete. Consolidation drops any
 query_id that a retried batch wrote twice. The pool is cut into fixed batches (pool order,
@@ -28,6 +29,7 @@ from collections import Counter
 
 import numpy as np
 
+from stagent_ray.rollout.agent_loop import sum_faults
 from stagent_ray.runio import filesystem, read_table, row_to_query, run_path, write_table
 
 logger = logging.getLogger(__name__)
@@ -40,18 +42,10 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def sum_faults(fault_jsons) -> dict:
-    total = Counter()
-    for f in fault_jsons:
-        total.update(json.loads(f) if isinstance(f, str) else f)
-    return dict(sorted(total.items()))
-
-
-def history_faults(history: list[dict]) -> dict:
-    """Fault totals of an RL run, from the `faults_<kind>` entries of its metric rows."""
-    prefix = "faults_"
-    return sum_faults({k[len(prefix):]: v for k, v in h.items() if k.startswith(prefix)}
-                      for h in history)
+def pass_count_histogram(rows: list[dict]) -> list[int]:
+    """How many scored queries passed 0, 1, ..., N of their N rollouts."""
+    n = max((r["n"] for r in rows), default=0)
+    return [sum(sum(r["verified"]) == k for r in rows) for k in range(n + 1)]
 
 
 def summarise_query(query_row: dict, all_trajs: list[dict]) -> dict:
@@ -86,45 +80,42 @@ def summarise_query(query_row: dict, all_trajs: list[dict]) -> dict:
 class RolloutActor:
     """One Ray Data actor: an engine, a tool executor and the scorer, built once.
 
-    `engine`: {"kind": "hf"|"vllm", "model": path, ...} (in-actor token engine, `policy_engine`),
-    {"kind": "serve", "app": name} (the Policy deployment), or an EngineConfig dict with
-    kind "oracle"/"openai" (message engine).
+    `engine` (an EngineConfig): kind hf | vllm is a token engine inside the actor for the
+    checkpoint `engine.model` (`policy_engine`); oracle | openai a message engine. With
+    `serve_app`, tokens come from that app's Policy deployment instead (tokenizer from
+    `engine.model`).
     """
 
-    def __init__(self, cfg_dict: dict, engine: dict, n: int, run_dir: str, parts_dir: str,
-                 salt: int = 0, temperature: float | None = None):
+    def __init__(self, cfg, engine, n: int, parts_dir: str, salt: int = 0,
+                 temperature: float | None = None, serve_app: str | None = None):
         import torch
 
-        from stagent_ray.config import config_from_dict
-        from stagent_ray.rollout.engine import with_faults
+        from stagent_ray.rollout.engines import with_faults
         from stagent_ray.world.backends import executor_from_config
 
         torch.set_num_threads(1)
-        self.cfg = config_from_dict(cfg_dict)
-        self.executor = executor_from_config(self.cfg.world, self.cfg.faults)
-        self.n, self.run_dir, self.parts_dir, self.salt = n, run_dir, parts_dir, salt
-        self.model = engine.get("model")
+        self.cfg, self.run_dir = cfg, cfg.run_dir
+        self.executor = executor_from_config(cfg.world, cfg.faults)
+        self.n, self.parts_dir, self.salt = n, parts_dir, salt
+        self.model = engine.model
         self.token_engine = self.message_engine = None
-        kind = engine["kind"]
-        if kind in ("hf", "vllm"):
-            from stagent_ray.rollout.engine import make_token_engine
-            self.token_engine = make_token_engine(
-                kind, engine["model"], device=engine.get("device", "cpu"),
-                dtype=engine.get("dtype", "float32"),
-                max_batch_size=engine.get("max_batch_size", 16), compile=engine.get("compile"))
-        elif kind == "serve":
+        if serve_app:
             from ray import serve
             from transformers import AutoTokenizer
 
             from stagent_ray.serve.deployments import ServePolicyEngine
-            handle = serve.get_deployment_handle("Policy", app_name=engine["app"])
-            tok = AutoTokenizer.from_pretrained(engine["model"], padding_side="left")
+            handle = serve.get_deployment_handle("Policy", app_name=serve_app)
+            tok = AutoTokenizer.from_pretrained(engine.model, padding_side="left")
             self.token_engine = ServePolicyEngine(handle, tok)
+        elif engine.kind in ("hf", "vllm"):
+            from stagent_ray.rollout.engines import make_token_engine
+            self.token_engine = make_token_engine(
+                engine.kind, engine.model, device=engine.device, dtype=engine.dtype,
+                max_batch_size=engine.max_batch_size, compile=engine.compile)
         else:
-            from stagent_ray.config import EngineConfig
-            from stagent_ray.rollout.engine import make_message_engine
+            from stagent_ray.rollout.engines import make_message_engine
             self.message_engine = with_faults(make_message_engine(
-                EngineConfig(**engine), self.executor.schemas()), self.cfg.faults)
+                engine, self.executor.schemas()), cfg.faults)
         if self.token_engine is not None:
             self.token_engine = with_faults(self.token_engine, self.cfg.faults)
         from stagent_ray.reward import make_scorer
@@ -283,69 +274,71 @@ def warn_if_unschedulable(cpus: float, gpus: float) -> None:
     import ray
 
     have = ray.cluster_resources()
-    for need, key, field in ((cpus, "CPU", "score.cpus_per_actor"),
-                             (gpus, "GPU", "score.gpus_per_actor")):
+    for need, key, field in ((cpus, "CPU", "rollout.cpus_per_actor"),
+                             (gpus, "GPU", "rollout.gpus_per_actor")):
         if need > have.get(key, 0):
             logger.warning("rollout actors wait for resources: %s=%g but the cluster has %g %s "
                            "now (waiting for an autoscaler?)", field, need, have.get(key, 0), key)
 
 
-def policy_engine(cfg, model_path: str) -> dict:
-    """The in-actor engine spec for a policy checkpoint, from `cfg.policy`."""
-    p = cfg.policy
-    return {"kind": p.kind, "model": model_path, "device": p.device, "dtype": p.dtype,
-            "compile": p.compile, "max_batch_size": p.max_batch_size}
+def policy_engine(cfg, model_path: str):
+    """The in-actor engine (an EngineConfig) for a policy checkpoint: `cfg.policy` with its
+    model set."""
+    from dataclasses import replace
+
+    return replace(cfg.policy, model=model_path)
 
 
-def rollout_pool(cfg, run_dir: str, query_rows: list[dict], engine: dict, n: int,
-                 parts_dir: str, num_actors: int, cpus_per_actor: float, batch_size: int,
-                 salt: int = 0, temperature: float | None = None, desc: str = "rollouts") -> dict:
-    """Stream `query_rows` through `num_actors` RolloutActors; skip query_ids already
-    written under `parts_dir`. Returns counts and throughput."""
-    return rollout_checkpoints(cfg, run_dir, query_rows, {parts_dir: engine}, n, num_actors,
-                               cpus_per_actor, batch_size, salt, temperature, desc)[parts_dir]
+def rollout_pool(cfg, query_rows: list[dict], engine, n: int, parts_dir: str, salt: int = 0,
+                 temperature: float | None = None, desc: str = "rollouts",
+                 serve_app: str | None = None) -> dict:
+    """Stream `query_rows` through the `rollout:` section's actors, N episodes per query with
+    `engine` (an EngineConfig); skip query_ids already written under `parts_dir`. Returns
+    counts and throughput."""
+    return rollout_checkpoints(cfg, query_rows, {parts_dir: engine}, n, salt, temperature,
+                               desc, serve_app)[parts_dir]
 
 
-def rollout_checkpoints(cfg, run_dir: str, query_rows: list[dict], engines: dict[str, dict],
-                        n: int, num_actors: int, cpus_per_actor: float, batch_size: int,
-                        salt: int = 0, temperature: float | None = None,
-                        desc: str = "rollouts") -> dict[str, dict]:
+def rollout_checkpoints(cfg, query_rows: list[dict], engines: dict, n: int, salt: int = 0,
+                        temperature: float | None = None, desc: str = "rollouts",
+                        serve_app: str | None = None) -> dict[str, dict]:
     """`rollout_pool` for several engines that differ only in their checkpoint (`engines`:
-    parts_dir -> engine spec), through ONE pool of actors that copy in the next checkpoint's
+    parts_dir -> EngineConfig), through ONE pool of actors that copy in the next checkpoint's
     weights when its batches come (an actor and its engine take seconds to start, on a GPU
     tens). Returns rollout_pool's counts per parts_dir."""
+    from dataclasses import replace
+
     import ray
     from tqdm import tqdm
 
-    from stagent_ray.config import config_to_dict
-
+    run_dir, r = cfg.run_dir, cfg.rollout
     engine = next(iter(engines.values()))
-    if len(engines) > 1 and (engine["kind"] not in ("hf", "vllm") or any(
-            {**e, "model": None} != {**engine, "model": None} for e in engines.values())):
+    if len(engines) > 1 and (engine.kind not in ("hf", "vllm") or any(
+            replace(e, model=None) != replace(engine, model=None) for e in engines.values())):
         raise ValueError("rollout_checkpoints: the engines must be hf or vllm checkpoints "
                          f"that differ only in 'model': {engines}")
-    # a policy engine may hold a GPU (score.gpus_per_actor); teachers never do here
-    num_gpus = cfg.score.gpus_per_actor if engine["kind"] in ("hf", "vllm") else 0
+    # a policy engine may hold a GPU (rollout.gpus_per_actor); teachers never do here
+    num_gpus = r.gpus_per_actor if engine.kind in ("hf", "vllm") and not serve_app else 0
     items, n_todo = [], {}
     for parts_dir, spec in engines.items():  # in order: each actor switches model rarely
         done = done_query_ids(run_dir, parts_dir)
-        batches = [[r for r in query_rows[i:i + batch_size] if r["query_id"] not in done]
-                   for i in range(0, len(query_rows), batch_size)]
-        items += [{"rows": json.dumps(b), "model": spec.get("model") or "",
+        batches = [[q for q in query_rows[i:i + r.batch_size] if q["query_id"] not in done]
+                   for i in range(0, len(query_rows), r.batch_size)]
+        items += [{"rows": json.dumps(b), "model": spec.model or "",
                    "parts_dir": parts_dir} for b in batches if b]
         n_todo[parts_dir] = sum(map(len, batches))
     start = time.perf_counter()
     n_traj = Counter()
     if items:
-        warn_if_unschedulable(cpus_per_actor, num_gpus)
+        warn_if_unschedulable(r.cpus_per_actor, num_gpus)
         # One item (and block) per batch: Ray Data cannot regroup the queries.
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         ds = ds.map_batches(
             RolloutActor, batch_size=1, batch_format="numpy",
-            fn_constructor_kwargs={"cfg_dict": config_to_dict(cfg), "engine": engine, "n": n,
-                                   "run_dir": run_dir, "parts_dir": next(iter(engines)),
-                                   "salt": salt, "temperature": temperature},
-            compute=ray.data.ActorPoolStrategy(size=num_actors), num_cpus=cpus_per_actor,
+            fn_constructor_kwargs={"cfg": cfg, "engine": engine, "n": n,
+                                   "parts_dir": next(iter(engines)), "salt": salt,
+                                   "temperature": temperature, "serve_app": serve_app},
+            compute=ray.data.ActorPoolStrategy(size=r.num_actors), num_cpus=r.cpus_per_actor,
             num_gpus=num_gpus)
         total = len(query_rows) * len(engines)
         with tqdm(total=total, initial=total - sum(n_todo.values()), desc=desc,

@@ -1,0 +1,87 @@
+"""Stage `base`: the model the cascade starts from.
+
+A hub id or local path (`model.name_or_path`) is used as it is. The embedded default
+(`tiny`) is built here, nothing downloaded: a byte-level BPE tokenizer trained on the
+world's text (tool schemas, the world itself, query texts and oracle trajectories) and a
+small Qwen3-architecture model from `model:`. With `pretrain.docs` > 0 it is first trained
+on synthetic world text on Ray Train (models/lm_corpus.py), as a pretrained base would be.
+
+Outputs: ckpt/base/ (Hugging Face format; ckpt/base_init/ and data/pretrain_corpus.parquet
+too when pretraining). Running it again keeps a base that exists.
+"""
+
+from __future__ import annotations
+
+import json
+
+
+def tokenizer_corpus(world_cfg) -> list[str]:
+    """Texts that cover what the agent will read and write in the synthetic world."""
+    from stagent_ray.models.chat_format import (DEFAULT_SYSTEM_PROMPT, compact_tool_schemas,
+                                                tools_system_block)
+    from stagent_ray.models.tokenizer import SYNTAX_LINES
+    from stagent_ray.tasks.families import FAMILIES, generate_queries
+    from stagent_ray.tasks.oracle import run_oracle
+    from stagent_ray.world.backends import make_executor
+    from stagent_ray.world.generate import load_world
+
+    w = world_cfg
+    world = load_world(w.seed, w.n_cities, w.pois_per_city, w.today)
+    executor = make_executor(seed=w.seed, n_cities=w.n_cities, pois_per_city=w.pois_per_city,
+                             today=w.today)
+    texts = [DEFAULT_SYSTEM_PROMPT, tools_system_block(executor.schemas()),
+             tools_system_block(compact_tool_schemas(executor.schemas()))]
+    texts += [json.dumps(s) for s in executor.schemas()]
+    texts.append(world.to_json())
+    for family in FAMILIES:  # query texts and oracle trajectories
+        for q in generate_queries(world, family, 3, seed=w.seed):
+            texts.append(q.text)
+            texts += [m["content"] for m in run_oracle(q, executor, noise=0.0)]
+    return texts + SYNTAX_LINES
+
+
+def build_base_checkpoint(out_dir: str, model_cfg, world_cfg, seed: int = 0) -> str:
+    """Write a fresh tiny model + world tokenizer to `out_dir` (HF format); return the path."""
+    from stagent_ray.models.build import build_tiny_model, save_checkpoint
+    from stagent_ray.models.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(tokenizer_corpus(world_cfg), model_cfg.vocab_size)
+    save_checkpoint(build_tiny_model(model_cfg, tokenizer, seed), tokenizer, out_dir)
+    return out_dir
+
+
+def base_checkpoint_path(cfg) -> str:
+    """Where the base model is: the user's model, or ckpt/base of the run."""
+    from stagent_ray.runio import run_path
+
+    if cfg.model.name_or_path != "tiny":
+        return cfg.model.name_or_path
+    return run_path(cfg.run_dir, "ckpt/base")
+
+
+def run_base(cfg) -> dict:
+    from stagent_ray.runio import exists, run_path, write_table
+
+    run_dir = cfg.run_dir
+    if cfg.model.name_or_path != "tiny":
+        return {"model": cfg.model.name_or_path, "built": False}
+    if exists(run_dir, "ckpt/base/config.json"):
+        return {"model": base_checkpoint_path(cfg), "built": False}
+    if not cfg.pretrain.docs:
+        build_base_checkpoint(run_path(run_dir, "ckpt/base"), cfg.model, cfg.world, cfg.seed)
+        return {"model": base_checkpoint_path(cfg), "built": True}
+
+    from stagent_ray.models.lm_corpus import documents
+    from stagent_ray.train.sft import run_sft
+
+    if not exists(run_dir, "ckpt/base_init/config.json"):
+        build_base_checkpoint(run_path(run_dir, "ckpt/base_init"), cfg.model, cfg.world,
+                              cfg.seed)
+    texts = documents(cfg.pretrain.docs, cfg.seed, cfg.world.today)
+    write_table(run_dir, "data/pretrain_corpus.parquet", [
+        {"query_id": f"lm-{i}", "messages": json.dumps([{"role": "assistant", "content": text}])}
+        for i, text in enumerate(texts)])
+    # no system prompt: plain text, trained on every token
+    summary = run_sft(cfg, "pretrain", "data/pretrain_corpus.parquet",
+                      run_path(run_dir, "ckpt/base_init"), "ckpt/base", tool_schemas=[])
+    return {"model": base_checkpoint_path(cfg), "built": True, "pretrain": summary}
