@@ -3,11 +3,13 @@
     python scripts/bench_cascade.py --config configs/cascade_cpu.yaml --seeds 0 \
         --out scripts/results/cascade_cpu.json [key=value overrides]
 
-Per seed it runs the whole cascade (`stagent-ray run`: pool, tiny_qa, sft0, score, split,
-sft1, rl, eval, report) in <run_dir>/seed<k>, then the ablations in the same run directory,
-from the same artifacts (with `pretrain.docs` > 0 the tiny model is pretrained once, with the
-first seed, in <run_dir>/base, and every seed starts from that base):
-  teacher   the teacher itself (its sampling noise on), the bar to reach
+Per seed it runs the whole cascade (`stagent-ray run`: pool, tiny_qa, base, sft0, score,
+split, sft1, rl, eval, report) in <run_dir>/seed<k>, then the ablations in the same run
+directory, from the same artifacts (with `pretrain.docs` > 0 the tiny model is pretrained
+once, with the first seed, in <run_dir>/base, and every seed starts from that base):
+  oracle    the world's scripted expert without noise: the ceiling (it reads the query's
+            slots, not its text, so no model on text alone can be expected to reach it)
+  teacher   the teacher itself (the oracle with its noise on), the bar to reach
   sft0      SFT-0 on the tiny teacher set
   sft1      SFT-1: SFT-0 further trained on the certain QAs (the recipe)
   sft1_all  SFT-1': the same, on every scored query's best verified trajectory (all
@@ -16,17 +18,22 @@ first seed, in <run_dir>/base, and every seed starts from that base):
   rl        RL from SFT-1 on the hard queries (the recipe)
   rl_all    RL': from SFT-1 on the whole pool (same steps, prompts per step, group size)
   rl_sft0   RL'': from SFT-0 on the hard queries (no SFT-1)
-Every model answers every eval query once, greedily (the teacher samples: it is scripted).
-Columns: verified rate, rubric, reward and [Unsolved] accuracy, overall and by family, each
-with a 95% bootstrap interval over the eval episodes (all seeds pooled), and per seed; and
-for each claim of the recipe (SFT-1 > SFT-0, RL > SFT-1, RL hard vs all, ...) the paired
-difference in verified rate on the same queries with its own interval.
+Every model answers every query of both eval sets once, greedily (oracle and teacher sample:
+they are scripted): data/eval.parquet (no query shares its family and slots, i.e. its
+answer, with a pool or tiny-QA query) and data/eval_entities.parquet (the entity split:
+queries that name only places, anchors, districts and routes the pool never names).
+Columns: verified rate, rubric, reward and [Unsolved] accuracy, overall (95% interval from a
+hierarchical bootstrap: seeds, then queries within each seed), by family and per seed (over
+episodes); for each claim of the recipe (SFT-1 > SFT-0, RL > SFT-1, RL hard vs all, ...) the
+paired difference in verified rate on the same queries, per seed and with its hierarchical
+interval; "significant" means that interval excludes 0 over at least 3 seeds. Every set's
+size per family, and the families that could not fill their share, are in the table.
 Re-running resumes: finished stages and ablations are skipped. `--ablations` picks which
 ablations run: all (default), none (the recipe's own rows only, for a time-limited machine)
 or a comma-separated list; a later call with more adds them to the same run directories.
-`--fresh-eval N` then evaluates every row again on a second eval set, N new queries a family
-that are in neither the pool nor the first eval set (the one the configuration's settings
-were chosen on), and builds the table from it; the first set's claims are kept beside it.
+`--fresh-eval N` then evaluates every row again on a third eval set, N new queries a family
+that share no answer with the pool, the tiny-QA set or the first two sets, and builds the
+headline table from it.
 
 Prints ONE JSON line (also written to --out, with the command that produced it) and, with
 --plot, a bar chart of verified rate with its intervals.
@@ -42,6 +49,7 @@ import platform
 import shlex
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, replace
 
 import numpy as np
@@ -58,8 +66,11 @@ from stagent_ray.runio import (exists, read_json, read_jsonl, read_table, run_pa
 from stagent_ray.stages.base import run_base  # noqa: E402
 from stagent_ray.stages.evaluate import final_answer  # noqa: E402
 
-ROWS = ["teacher", "sft0", "sft1", "sft1_all", "rl", "rl_all", "rl_sft0"]
+ROWS = ["oracle", "teacher", "sft0", "sft1", "sft1_all", "rl", "rl_all", "rl_sft0"]
 ABLATIONS = ["sft1_all", "rl_all", "rl_sft0"]
+SCRIPTED = ["oracle", "teacher"]  # rows that sample once (no checkpoint)
+# the eval sets every row answers: pool cities, no shared answer; no shared entity either
+EVAL_SETS = ["eval", "eval_entities"]
 METRICS = ["verified", "rubric", "reward", "unsolved_accuracy"]
 BOOTSTRAP = 2000
 
@@ -125,18 +136,22 @@ def training_summary(run_dir: str, names: list[str]) -> dict:
 
 def evaluate_rows(cfg, log, names: list[str], eval_set: str = "eval") -> None:
     """Eval of each named row on data/<eval_set>.parquet that is not done yet (results in
-    <eval_set>/): the teacher samples, every checkpoint answers greedily (one pool of rollout
-    actors for all of them). On the first eval set the pipeline's eval stage did some."""
+    <eval_set>/): the teacher samples (its noise on), the oracle is the noise-free ceiling
+    (it reads the query's slots, not its text), every checkpoint answers greedily (one pool
+    of rollout actors for all of them). On the first eval set the pipeline's eval stage did
+    some."""
     from stagent_ray.stages.evaluate import checkpoint_engine, evaluate_models
 
     run_dir = cfg.run_dir
     queries = read_table(run_dir, f"data/{eval_set}.parquet")
-    if "teacher" in names and not exists(run_dir,
-                                         f"{eval_set}/teacher_sampled_trajectories.parquet"):
-        log(f"[{eval_set} teacher] running")
-        evaluate_models(cfg, {"teacher": cfg.teacher}, queries, [("sampled", None, 1)],
-                        out_dir=eval_set)
-    todo = [n for n in names if n != "teacher"
+    scripted = {"teacher": cfg.teacher, "oracle": replace(cfg.teacher, kind="oracle", noise=0.0)}
+    for name, engine in scripted.items():
+        if name in names and not exists(run_dir,
+                                        f"{eval_set}/{name}_sampled_trajectories.parquet"):
+            log(f"[{eval_set} {name}] running")
+            evaluate_models(cfg, {name: engine}, queries, [("sampled", None, 1)],
+                            out_dir=eval_set)
+    todo = [n for n in names if n not in SCRIPTED
             and not exists(run_dir, f"{eval_set}/{n}_greedy_trajectories.parquet")]
     if todo:
         log(f"[{eval_set} {' '.join(todo)}] running")
@@ -151,6 +166,7 @@ def write_fresh_eval_set(cfg, per_family: int) -> str:
     from stagent_ray.runio import query_to_row
     from stagent_ray.stages.pool import eval_queries, held_out_city
     from stagent_ray.tasks.families import FAMILIES
+    from stagent_ray.tasks.query import answer_key
     from stagent_ray.world.generate import load_world
 
     name = f"eval_fresh{per_family}"
@@ -160,10 +176,10 @@ def write_fresh_eval_set(cfg, per_family: int) -> str:
     if not exists(cfg.run_dir, f"data/{name}.parquet"):
         w = cfg.world
         world = load_world(w.seed, w.n_cities, w.pois_per_city, w.today)
-        seen = {r["text"] for t in ("pool", "eval")
+        seen = {answer_key(r) for t in ("pool", "tiny_qa_queries", *EVAL_SETS)
                 for r in read_table(cfg.run_dir, f"data/{t}.parquet")}
-        queries = eval_queries(world, cfg.pool.families or FAMILIES, per_family,
-                               cfg.seed + 20_000, seen, held_out_city(world, cfg.pool))
+        queries, _ = eval_queries(world, cfg.pool.families or FAMILIES, per_family,
+                                  cfg.seed + 20_000, seen, held_out_city(world, cfg.pool))
         write_table(cfg.run_dir, f"data/{name}.parquet", [query_to_row(q) for q in queries])
     return name
 
@@ -172,7 +188,7 @@ def write_fresh_eval_set(cfg, per_family: int) -> str:
 
 def episode_values(run_dir: str, name: str, eval_set: str = "eval") -> list[dict]:
     """One dict per eval episode: family and each metric (None where it does not apply)."""
-    mode = "sampled" if name == "teacher" else "greedy"
+    mode = "sampled" if name in SCRIPTED else "greedy"
     queries = {r["query_id"]: r for r in read_table(run_dir, f"data/{eval_set}.parquet")}
     out = []
     for t in read_table(run_dir, f"{eval_set}/{name}_{mode}_trajectories.parquet"):
@@ -190,7 +206,7 @@ def episode_values(run_dir: str, name: str, eval_set: str = "eval") -> list[dict
 
 
 def mean_ci(values: list[float], rng: np.random.Generator) -> dict | None:
-    """Mean and 95% percentile-bootstrap interval over episodes."""
+    """Mean and 95% percentile-bootstrap interval over episodes (per family, per seed)."""
     v = np.array([x for x in values if x is not None], dtype=float)
     if not len(v):
         return None
@@ -200,8 +216,36 @@ def mean_ci(values: list[float], rng: np.random.Generator) -> dict | None:
             "n": int(len(v))}
 
 
-def summarise(episodes: list[dict], rng) -> dict:
-    return {m: mean_ci([e[m] for e in episodes], rng) for m in METRICS}
+def hierarchical_ci(by_seed: dict[int, np.ndarray], rng) -> tuple[float, float, float]:
+    """Mean over seeds of each seed's mean, and a 95% interval from a two-level bootstrap:
+    resample the seeds, then the queries within each resampled seed. Run-to-run variance
+    enters (a resample over episodes alone treats seeds as if they were more queries)."""
+    seeds = [v for v in by_seed.values() if len(v)]
+    point = float(np.mean([v.mean() for v in seeds]))
+    boot = np.empty(BOOTSTRAP)
+    for b in range(BOOTSTRAP):
+        picked = rng.integers(0, len(seeds), len(seeds))
+        boot[b] = np.mean([seeds[i][rng.integers(0, len(seeds[i]), len(seeds[i]))].mean()
+                           for i in picked])
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return point, float(lo), float(hi)
+
+
+def summarise(episodes: list[dict], rng, hierarchical: bool = False) -> dict:
+    """Each metric's mean and interval; `hierarchical` for the overall row (seeds, then
+    queries), episodes otherwise (a family's few queries a seed)."""
+    out = {}
+    for m in METRICS:
+        out[m] = mean_ci([e[m] for e in episodes], rng)
+        if hierarchical and out[m] is not None:
+            by_seed = {}
+            for e in episodes:
+                if e[m] is not None:
+                    by_seed.setdefault(e["seed"], []).append(e[m])
+            point, lo, hi = hierarchical_ci({k: np.array(v) for k, v in by_seed.items()}, rng)
+            out[m].update(mean=round(point, 4), ci95=[round(lo, 4), round(hi, 4)],
+                          ci95_episodes=out[m]["ci95"])
+    return out
 
 
 # The recipe's claims: (row, row it should beat, comparison). Each also gets a paired difference.
@@ -209,18 +253,30 @@ CLAIMS = {"sft1 > sft0": ("sft1", "sft0", operator.gt), "rl > sft1": ("rl", "sft
           "rl (hard) >= rl_all": ("rl", "rl_all", operator.ge),
           "sft1 (certain) > sft1_all": ("sft1", "sft1_all", operator.gt),
           "rl > rl_sft0": ("rl", "rl_sft0", operator.gt)}
+MIN_SEEDS = 3  # fewer: an interval, never "significant"
 
 
 def paired_difference(a: list[dict], b: list[dict], rng) -> dict:
-    """Verified rate of a minus b on the same eval queries (all seeds): mean and a 95%
-    bootstrap interval over queries, which pairs out how hard each query is."""
+    """Verified rate of a minus b on the same eval queries: the mean of the per-seed mean
+    differences, each seed's difference, and a 95% hierarchical bootstrap interval (seeds,
+    then queries within each seed: pairing takes out how hard each query is). Significant
+    only when that interval excludes 0 over at least MIN_SEEDS seeds; `ci95_episodes` is
+    the old interval over pooled episodes, for comparison."""
     va = {(e["seed"], e["query_id"]): e["verified"] for e in a}
     vb = {(e["seed"], e["query_id"]): e["verified"] for e in b}
-    d = np.array([va[k] - vb[k] for k in sorted(va.keys() & vb.keys())])
-    means = d[rng.integers(0, len(d), (BOOTSTRAP, len(d)))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"diff": round(float(d.mean()), 4), "ci95": [round(float(lo), 4), round(float(hi), 4)],
-            "n": int(len(d)), "significant": bool(lo > 0 or hi < 0)}
+    by_seed = {}
+    for seed, qid in sorted(va.keys() & vb.keys()):
+        by_seed.setdefault(seed, []).append(va[seed, qid] - vb[seed, qid])
+    by_seed = {k: np.array(v) for k, v in by_seed.items()}
+    point, lo, hi = hierarchical_ci(by_seed, rng)
+    d = np.concatenate(list(by_seed.values()))
+    pooled = d[rng.integers(0, len(d), (BOOTSTRAP, len(d)))].mean(axis=1)
+    excludes_zero = bool(lo > 0 or hi < 0)
+    return {"diff": round(point, 4), "ci95": [round(lo, 4), round(hi, 4)],
+            "per_seed": {str(k): round(float(v.mean()), 4) for k, v in by_seed.items()},
+            "n": int(len(d)), "seeds": len(by_seed), "excludes_zero": excludes_zero,
+            "significant": excludes_zero and len(by_seed) >= MIN_SEEDS,
+            "ci95_episodes": [round(float(x), 4) for x in np.percentile(pooled, [2.5, 97.5])]}
 
 
 def table(run_dirs: dict[int, str], names: list[str],
@@ -234,7 +290,7 @@ def table(run_dirs: dict[int, str], names: list[str],
         pooled = episodes[name]
         families = sorted({e["family"] for e in pooled})
         rows[name] = {
-            "overall": summarise(pooled, rng),
+            "overall": summarise(pooled, rng, hierarchical=True),
             "by_family": {f: summarise([e for e in pooled if e["family"] == f], rng)
                           for f in families},
             "per_seed": {str(s): {m: (mean_ci([e[m] for e in eps], rng) or {}).get("mean")
@@ -249,10 +305,12 @@ def targets(rows: dict) -> dict:
     v = {name: r["overall"]["verified"]["mean"] for name, r in rows.items()}
     out = {claim: holds(v[a], v[b]) for claim, (a, b, holds) in CLAIMS.items()
            if a in v and b in v}
-    ratio = {name: round(v[name] / v["teacher"], 4) if v["teacher"] else None
-             for name in ("rl", "sft1")}
-    return {**out, "final student (rl) / teacher verified": ratio["rl"],
-            "sft1 / teacher verified": ratio["sft1"],
+    ratio = {(name, bar): round(v[name] / v[bar], 4) if v.get(bar) else None
+             for name in ("rl", "sft1") for bar in ("teacher", "oracle")}
+    return {**out, "final student (rl) / teacher verified": ratio["rl", "teacher"],
+            "sft1 / teacher verified": ratio["sft1", "teacher"],
+            # the teacher is the oracle with noise: the noise-free oracle is the ceiling
+            "final student (rl) / oracle ceiling verified": ratio["rl", "oracle"],
             "final student >= 80% of teacher": bool(v["teacher"]) and v["rl"] >= 0.8 * v["teacher"]}
 
 
@@ -267,7 +325,8 @@ def plot(rows: dict, path: str, title: str) -> None:
     hi = [rows[n]["overall"]["verified"]["ci95"][1] - m for n, m in zip(names, means)]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.bar(names, means, yerr=[lo, hi], capsize=4,
-           color=["#888"] + ["#4c72b0" if "_" not in n else "#dd8452" for n in names[1:]])
+           color=["#888" if n in SCRIPTED else "#4c72b0" if "_" not in n else "#dd8452"
+                  for n in names])
     ax.set_ylabel("verified rate (eval set)")
     ax.set_ylim(0, 1)
     ax.set_title(title, fontsize=9)
@@ -294,7 +353,7 @@ def main() -> None:
                                                         args.ablations.split(","))
     if set(args.ablations) - set(ABLATIONS):
         ap.error(f"--ablations: {args.ablations} are not all of {ABLATIONS} (or all, none)")
-    names = [n for n in ROWS if n not in ABLATIONS or n in args.ablations]  # teacher first
+    names = [n for n in ROWS if n not in ABLATIONS or n in args.ablations]  # scripted first
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731 - stdout is the JSON
 
     t0 = time.time()
@@ -317,24 +376,34 @@ def main() -> None:
         if run_pipeline(cfg, log=log) != 0:
             raise SystemExit(f"seed {seed}: the cascade failed (see {cfg.run_dir}/manifest.json)")
         run_ablations(cfg, log, args.ablations)
-        evaluate_rows(cfg, log, names)
+        for name in EVAL_SETS:
+            evaluate_rows(cfg, log, names, name)
         if args.fresh_eval:
             eval_set = write_fresh_eval_set(cfg, args.fresh_eval)
             evaluate_rows(cfg, log, names, eval_set)
         run_dirs[seed] = cfg.run_dir
-        training[seed] = training_summary(cfg.run_dir, names[1:])
+        training[seed] = training_summary(cfg.run_dir, [n for n in names if n not in SCRIPTED])
         manifest = read_json(cfg.run_dir, "manifest.json")
         stage_seconds[seed] = {s: round(e.get("seconds", 0), 1)
                                for s, e in manifest["stages"].items()}
         if exists(cfg.run_dir, "bench/seconds.json"):  # the ablations' training times
             stage_seconds[seed].update(read_json(cfg.run_dir, "bench/seconds.json"))
     rows, differences = table(run_dirs, names, eval_set)
-    first_set = {}
-    if eval_set != "eval":
-        first_rows, first_differences = table(run_dirs, names)
-        first_set = {"first_eval_set": {
-            "verified": {n: r["overall"]["verified"]["mean"] for n, r in first_rows.items()},
-            "targets": targets(first_rows), "paired_differences_verified": first_differences}}
+    sets = {}
+    for name in EVAL_SETS + ([eval_set] if eval_set not in EVAL_SETS else []):
+        set_rows, set_differences = (rows, differences) if name == eval_set else table(
+            run_dirs, names, name)
+        pool_metrics = {s: read_json(d, "manifest.json")["stages"]["pool"]["metrics"]
+                        for s, d in run_dirs.items()}
+        short_key = {"eval": "eval_short", "eval_entities": "eval_entities_short"}.get(name)
+        sets[name] = {
+            "verified": {n: r["overall"]["verified"] for n, r in set_rows.items()},
+            "targets": targets(set_rows), "paired_differences_verified": set_differences,
+            # queries a family per seed, and the families that could not fill their share
+            "sizes": {str(s): dict(sorted(Counter(r["family"] for r in read_table(
+                d, f"data/{name}.parquet")).items())) for s, d in run_dirs.items()},
+            "short_families": {str(s): m.get(short_key, {}) for s, m in pool_metrics.items()}
+            if short_key else {}}
     result = {
         "bench": "cascade", "config": args.config, "overrides": args.overrides,
         "seeds": args.seeds,
@@ -344,7 +413,7 @@ def main() -> None:
         "wall_s_this_call": round(time.time() - t0, 1),  # finished work is skipped
         "eval_set": f"data/{eval_set}.parquet",
         "targets": targets(rows), "paired_differences_verified": differences, "rows": rows,
-        **first_set,
+        "eval_sets": sets,
         "split": {s: read_json(d, "data/split_report.json")["regions"]
                   for s, d in run_dirs.items()},
         "training": training,

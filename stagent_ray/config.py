@@ -126,6 +126,11 @@ class PoolConfig:
     eval_per_family: int = 10        # source=world
     families: list = field(default_factory=list)  # source=world: only these (empty: all 16)
     hold_out_city: bool = True       # source=world: eval queries from a city the pool lacks
+    # source=world: the entity split (data/eval_entities.parquet), queries that name places,
+    # anchors, districts or routes the pool never names, in the pool's cities; a share of
+    # the candidates' entities is held out of the pool so that every kind has some
+    entity_eval_per_family: int | None = None  # None: eval_per_family; 0: no entity split
+    held_out_entity_share: float = 0.1
     lsh_threshold: float = 0.8
     semantic_threshold: float = 0.9
     embedder: str = "hashed"         # hashed | a sentence-transformers model path
@@ -440,7 +445,7 @@ def validate(cfg: Config) -> Config:
         section, name = dotted.split(".")
         if getattr(getattr(cfg, section), name) <= 0:
             raise ConfigError(f"{dotted}: must be > 0")
-    for dotted in ["tiny_qa.fraction", "split.certain_threshold", "split.keep_trivial_fraction",
+    for dotted in ["tiny_qa.fraction", "pool.held_out_entity_share", "split.certain_threshold", "split.keep_trivial_fraction",
                    "teacher.noise", "policy.noise", "reward.judge_weight",
                    "reward.judge_pass_threshold"]:
         section, name = dotted.split(".")

@@ -54,6 +54,8 @@ def load_manifest(cfg: Config) -> dict:
 def stage_artifacts(cfg: Config, stage: str) -> list[str]:
     if stage == "base" and cfg.model.name_or_path != "tiny":
         return []
+    if stage == "pool" and cfg.pool.source == "world":  # the entity split needs the world
+        return ARTIFACTS[stage] + ["data/eval_entities.parquet"]
     return ARTIFACTS[stage]
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from stagent_ray.config import ConfigError, load_config
 from stagent_ray.models.chat_format import format_tool_call, parse_assistant_turn
-from stagent_ray.pipeline import ARTIFACTS, STAGES, run_pipeline
+from stagent_ray.pipeline import STAGES, run_pipeline, stage_artifacts
 from stagent_ray.reward.rubric import TASK_WEIGHTS
 from stagent_ray.models.chat_format import to_openai_messages
 from stagent_ray.stages.pool import read_query_files, run_pool
@@ -267,7 +267,7 @@ def test_byod_cascade_end_to_end(ray_session, endpoint, tmp_path):
     manifest = json.load(open(os.path.join(run_dir, "manifest.json")))
     for stage in STAGES:
         assert manifest["stages"][stage]["status"] == "complete", stage
-        for artifact in ARTIFACTS[stage]:
+        for artifact in stage_artifacts(cfg, stage):
             assert os.path.exists(os.path.join(run_dir, artifact)), artifact
     assert manifest["stages"]["pool"]["metrics"]["source"] == "file"
 

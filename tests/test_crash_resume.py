@@ -38,9 +38,9 @@ CASCADE = [o for o in TINY if not o.startswith(("rl.steps=", "eval.checkpoints="
 
 # What each stage writes: removed before the stage runs again.
 OUTPUTS = {
-    "pool": ["data/pool.parquet", "data/eval.parquet"],
+    "pool": ["data/pool.parquet", "data/eval.parquet", "data/eval_entities.parquet"],
     "tiny_qa": ["data/parts/tiny_qa", "data/tiny_qa.parquet", "data/tiny_qa_unverified.parquet",
-                "data/tiny_qa_scored.parquet"],
+                "data/tiny_qa_scored.parquet", "data/tiny_qa_queries.parquet"],
     "base": ["ckpt/base", "ckpt/base.tmp"],
     "sft0": ["ckpt/sft0", "train/sft0", "train/sft0_metrics.jsonl"],
     "score": ["data/parts/score", "data/full_qa.parquet", "data/trajectories.parquet"],
@@ -53,9 +53,9 @@ OUTPUTS = {
 }
 # What must come out equal. Timings (wall_time_s) are the only columns left out.
 COMPARED = {
-    "pool": ["data/pool.parquet", "data/eval.parquet"],
+    "pool": ["data/pool.parquet", "data/eval.parquet", "data/eval_entities.parquet"],
     "tiny_qa": ["data/tiny_qa.parquet", "data/tiny_qa_unverified.parquet",
-                "data/tiny_qa_scored.parquet"],
+                "data/tiny_qa_scored.parquet", "data/tiny_qa_queries.parquet"],
     "base": ["ckpt/base"],
     "sft0": ["ckpt/sft0"],
     "score": ["data/full_qa.parquet", "data/trajectories.parquet"],

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from stagent_ray.config import load_config
-from stagent_ray.pipeline import ARTIFACTS, STAGES, run_pipeline
+from stagent_ray.pipeline import STAGES, run_pipeline, stage_artifacts
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(1500)]
 
@@ -46,7 +46,7 @@ def test_cascade_end_to_end_then_resume(ray_session, tmp_path, capsys):
     for stage in STAGES:
         entry = manifest["stages"][stage]
         assert entry["status"] == "complete", stage
-        for artifact in ARTIFACTS[stage]:
+        for artifact in stage_artifacts(cfg, stage):
             assert os.path.exists(os.path.join(run_dir, artifact)), artifact
     assert manifest["config_hash"] and manifest["config"]["run_dir"] == run_dir
 
@@ -86,23 +86,31 @@ def test_cascade_end_to_end_then_resume(ray_session, tmp_path, capsys):
     assert claims["rl > sft1"] == (verified["rl"] > verified["sft1"])
     assert differences["rl - sft1"]["diff"] == pytest.approx(verified["rl"] - verified["sft1"],
                                                               abs=2e-4)
+    # one seed: a per-seed difference and an interval, never "significant"
+    assert set(differences["rl - sft1"]["per_seed"]) == {"0"}
+    assert not differences["rl - sft1"]["significant"]
 
-    # `--fresh-eval 2`: a second eval set of new queries (in neither the pool nor the first
-    # eval set, at most 2 a family), evaluated into its own directory, the table built on it.
+    # `--fresh-eval 2`: a third eval set of new queries (no answer shared with the pool, the
+    # tiny-QA set or the first two sets, at most 2 a family), evaluated into its own
+    # directory, the table built on it, the noise-free oracle as its ceiling.
     from collections import Counter
 
     from bench_cascade import evaluate_rows, write_fresh_eval_set
 
     from stagent_ray.runio import read_table
+    from stagent_ray.tasks.query import answer_key
     name = write_fresh_eval_set(cfg, 2)
     fresh = read_table(run_dir, f"data/{name}.parquet")
-    seen = {r["text"] for t in ("pool", "eval") for r in read_table(run_dir, f"data/{t}.parquet")}
-    assert fresh and not {r["text"] for r in fresh} & seen
+    seen = {answer_key(r) for t in ("pool", "tiny_qa_queries", "eval", "eval_entities")
+            for r in read_table(run_dir, f"data/{t}.parquet")}
+    assert fresh and not {answer_key(r) for r in fresh} & seen
     assert max(Counter(r["family"] for r in fresh).values()) <= 2
-    evaluate_rows(cfg, print, ["teacher", "rl"], name)
-    rows, _ = table({0: run_dir}, ["teacher", "rl"], name)
+    evaluate_rows(cfg, print, ["oracle", "teacher", "rl"], name)
+    rows, _ = table({0: run_dir}, ["oracle", "teacher", "rl"], name)
     assert rows["rl"]["overall"]["verified"]["n"] == rows["teacher"]["overall"]["verified"]["n"] \
-        == len(fresh)
+        == rows["oracle"]["overall"]["verified"]["n"] == len(fresh)
+    assert rows["oracle"]["overall"]["verified"]["mean"] >= \
+        rows["teacher"]["overall"]["verified"]["mean"]
     # the first set's episodes are kept apart
     first = read_table(run_dir, "eval/rl_greedy_trajectories.parquet")
     assert {t["query_id"] for t in first} == {r["query_id"] for r in

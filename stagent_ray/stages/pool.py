@@ -240,27 +240,57 @@ def read_query_files(paths: list[str], text_field: str = "text") -> list:
     return queries
 
 
+def entity_eval_size(pool_cfg) -> int:
+    """Queries a family in the entity split (pool.entity_eval_per_family; None: as many as
+    the first eval set)."""
+    n = pool_cfg.entity_eval_per_family
+    return pool_cfg.eval_per_family if n is None else n
+
+
 def held_out_city(world, pool_cfg) -> str | None:
     """The city the pool never shows (the last), with pool.hold_out_city on; else None."""
     return world.cities[-1].name if pool_cfg.hold_out_city else None
 
 
-def eval_queries(world, families: list[str], per_family: int, seed: int, exclude: set[str],
-                 prefer_city: str | None = None) -> list:
-    """Up to `per_family` queries of each family whose texts are not in `exclude` (the pool's,
-    and any earlier eval set's), from their own stream of draws (`seed`); those in
-    `prefer_city` first. A family with fewer distinct texts left gives fewer."""
+def eval_queries(world, families: list[str], per_family: int, seed: int, exclude_keys: set[str],
+                 prefer_city: str | None = None, key_share: float = 1.0,
+                 exclude_entities: set[str] | None = None,
+                 skip_city: str | None = None) -> tuple[list, dict]:
+    """Up to `per_family` queries of each family, one per answer key (family + params), none
+    with a key in `exclude_keys` (the pool's, the tiny-QA set's, an earlier eval set's): a
+    paraphrase of a seen query is not unseen. Drawn from their own stream (`seed`), those in
+    `prefer_city` first. `key_share` caps a family's queries at that share of the distinct keys
+    its generator gave in this draw (so a small family, e.g. unsolvable's 10 requests, leaves
+    the rest to the pool). With `exclude_entities`, only queries that name an entity and none
+    of those (the entity split); none in `skip_city`. Returns the queries and, per family that could not fill its
+    share, {"wanted", "got", "distinct_keys"}."""
     from stagent_ray.tasks.families import generate_queries
+    from stagent_ray.tasks.query import answer_key, named_entities
 
-    out, seen = [], set(exclude)
+    city_names = {c.name for c in world.cities}
+    out, short = [], {}
     for family in families:
-        fresh = [q for q in generate_queries(world, family, per_family * 3, seed=seed)
-                 if q.text not in seen]
-        fresh.sort(key=lambda q: q.city != prefer_city)  # stable: draw order within each
-        for q in fresh[:per_family]:
+        drawn = [q for q in generate_queries(world, family, per_family * 6, seed=seed)
+                 if skip_city is None or q.city != skip_city]
+        drawn.sort(key=lambda q: q.city != prefer_city)  # stable: draw order within each
+        distinct = len({answer_key(q) for q in drawn})
+        cap = min(per_family, int(key_share * distinct))
+        taken = set()
+        for q in drawn:
+            key = answer_key(q)
+            if len(taken) >= cap:
+                break
+            if key in exclude_keys or key in taken:
+                continue
+            if exclude_entities is not None:
+                names = named_entities(q, city_names)
+                if not names or names & exclude_entities:
+                    continue
+            taken.add(key)
             out.append(q)
-            seen.add(q.text)
-    return out
+        if len(taken) < per_family:
+            short[family] = {"wanted": per_family, "got": len(taken), "distinct_keys": distinct}
+    return out, short
 
 
 # ---------------------------------------------------------------- the stage
@@ -291,24 +321,50 @@ def run_pool(cfg) -> dict:
                 "families": {f: sum(q.family == f for q in pool)
                              for f in sorted({q.family for q in pool})}}
 
-    w = cfg.world
+    from stagent_ray.tasks.query import answer_key, named_entities
+
+    w, pc = cfg.world, cfg.pool
     world = load_world(w.seed, w.n_cities, w.pois_per_city, w.today)
+    city_names = {c.name for c in world.cities}
     # The eval set's city is one the pool never shows (the hard test: unseen place names);
     # with pool.hold_out_city off the eval queries are unseen queries in the same cities.
-    held_out = held_out_city(world, cfg.pool)
-    families = cfg.pool.families or FAMILIES  # names checked by config.validate
-    pool = []
+    held_out = held_out_city(world, pc)
+    families = pc.families or FAMILIES  # names checked by config.validate
+    candidates = []
     for family in families:
         # Over-generate so the funnel has something to remove.
-        pool += generate_queries(world, family, cfg.pool.queries_per_family, seed=cfg.seed)
-    pool = [q for q in pool if held_out is None or q.city != held_out]
-    pool, counts = curate(pool, cfg.pool, cfg.seed)
-    eval_set = eval_queries(world, families, cfg.pool.eval_per_family, cfg.seed + 10_000,
-                            {q.text for q in pool}, held_out)
+        candidates += generate_queries(world, family, pc.queries_per_family, seed=cfg.seed)
+    candidates = [q for q in candidates if held_out is None or q.city != held_out]
+    # The eval set is chosen first and owns its answer keys: the pool drops every candidate
+    # that shares one. At most half a family's keys go to eval, so small families keep some.
+    eval_set, eval_short = eval_queries(world, families, pc.eval_per_family, cfg.seed + 10_000,
+                                        set(), held_out, key_share=0.5)
+    eval_keys = {answer_key(q) for q in eval_set}
+    # The entity split: a seeded share of the entities each family's candidates name is held
+    # out of the pool, so that families with few places (districts, routes) keep some too.
+    rng, held_entities = random.Random(cfg.seed + 30_000), set()
+    for family in families:
+        names = sorted(set().union(*(named_entities(q, city_names) for q in candidates
+                                     if q.family == family)) - held_entities)
+        if names:
+            held_entities |= set(rng.sample(names, max(1, round(pc.held_out_entity_share
+                                                                * len(names)))))
+    candidates = [q for q in candidates if answer_key(q) not in eval_keys
+                  and not named_entities(q, city_names) & held_entities]
+    pool, counts = curate(candidates, pc, cfg.seed)
+    pool_keys = {answer_key(q) for q in pool}
+    pool_entities = set().union(*(named_entities(q, city_names) for q in pool))
+    entity_set, entity_short = eval_queries(
+        world, families, entity_eval_size(pc), cfg.seed + 30_000, pool_keys | eval_keys,
+        exclude_entities=pool_entities, skip_city=held_out)
     write_table(run_dir, "data/pool.parquet", [query_to_row(q) for q in pool])
     write_table(run_dir, "data/eval.parquet", [query_to_row(q) for q in eval_set])
+    write_table(run_dir, "data/eval_entities.parquet", [query_to_row(q) for q in entity_set])
     return {"funnel": counts, "pool": len(pool), "eval": len(eval_set),
+            "eval_entities": len(entity_set),
             "eval_held_out_city": sum(held_out is not None and q.city == held_out
                                       for q in eval_set),
-            "held_out_city": held_out,
+            "held_out_city": held_out, "held_out_entities": len(held_entities),
+            # families whose generator could not fill their eval share, and why
+            "eval_short": eval_short, "eval_entities_short": entity_short,
             "families": {f: sum(q.family == f for q in pool) for f in families}}

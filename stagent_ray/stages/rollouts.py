@@ -139,7 +139,8 @@ class RolloutActor:
         from stagent_ray.rollout.engine import SamplingParams, derive_seed
 
         agent = self.cfg.agent
-        seeds = [derive_seed(q.query_id, i, self.salt) for q, i in episodes]
+        # the run's seed enters every episode's: another seed, other samples and teacher noise
+        seeds = [derive_seed(self.cfg.seed, q.query_id, i, self.salt) for q, i in episodes]
         if self.message_engine is not None:
             return run_message_episodes(self.message_engine, self.executor,
                                         [q for q, _ in episodes], agent, seeds,

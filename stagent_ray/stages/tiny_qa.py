@@ -4,8 +4,11 @@ scorer keeps the best verified one per query.
 Input: data/pool.parquet. The sample is `tiny_qa.fraction` of the pool plus
 `tiny_qa.long_tail` synthetic queries from the families the pool holds least of (the rare
 tool chains; only for the world's own pool: a pool read from the user's files has no
-generator to draw from). Queries where none of the K attempts verified are recorded, never
-dropped silently. Outputs: data/tiny_qa.parquet (SFT-0 data), data/tiny_qa_unverified.parquet.
+generator to draw from); none of them shares an answer key (family + params) with an eval
+query or names an entity of the entity split. Queries where none of the K attempts verified
+are recorded, never dropped silently. Outputs: data/tiny_qa.parquet (SFT-0 data),
+data/tiny_qa_unverified.parquet, data/tiny_qa_queries.parquet (the sampled queries with their
+slots: what the eval sets must not share).
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import json
 import random
 
 
-def sample_tiny_queries(cfg, pool_rows: list[dict], eval_texts: set[str]) -> list[dict]:
+def sample_tiny_queries(cfg, pool_rows: list[dict], eval_rows: list[dict],
+                        entity_rows: list[dict]) -> list[dict]:
     from stagent_ray.runio import query_to_row
     from stagent_ray.tasks.families import FAMILIES, generate_queries
+    from stagent_ray.tasks.query import answer_key, named_entities
     from stagent_ray.world.generate import load_world
 
     rng = random.Random(cfg.seed)
@@ -29,12 +34,16 @@ def sample_tiny_queries(cfg, pool_rows: list[dict], eval_texts: set[str]) -> lis
     rare = sorted(families, key=lambda f: (counts[f], f))[:max(1, len(families) // 4)]
     w = cfg.world
     world = load_world(w.seed, w.n_cities, w.pois_per_city, w.today)
-    seen = {r["text"] for r in pool_rows} | eval_texts
+    cities = {c.name for c in world.cities}
+    seen = {r["text"] for r in pool_rows + eval_rows + entity_rows}
+    eval_keys = {answer_key(r) for r in eval_rows + entity_rows}
+    held_entities = set().union(*(named_entities(r, cities) for r in entity_rows))
     extra = []
     for i in range(cfg.tiny_qa.long_tail):
         family = rare[i % len(rare)]
         for q in generate_queries(world, family, 4, seed=cfg.seed + 20_000 + i):
-            if q.text not in seen:
+            if (q.text not in seen and answer_key(q) not in eval_keys
+                    and not named_entities(q, cities) & held_entities):
                 seen.add(q.text)
                 extra.append(query_to_row(q))
                 break
@@ -42,13 +51,16 @@ def sample_tiny_queries(cfg, pool_rows: list[dict], eval_texts: set[str]) -> lis
 
 
 def run_tiny_qa(cfg) -> dict:
-    from stagent_ray.runio import read_table, write_table
+    from stagent_ray.runio import exists, read_table, write_table
     from stagent_ray.stages.rollouts import consolidate, rollout_pool
 
     run_dir = cfg.run_dir
     pool = read_table(run_dir, "data/pool.parquet")
-    eval_texts = {r["text"] for r in read_table(run_dir, "data/eval.parquet")}
-    queries = sample_tiny_queries(cfg, pool, eval_texts)
+    entity_rows = (read_table(run_dir, "data/eval_entities.parquet")
+                   if exists(run_dir, "data/eval_entities.parquet") else [])  # world pools
+    queries = sample_tiny_queries(cfg, pool, read_table(run_dir, "data/eval.parquet"),
+                                  entity_rows)
+    write_table(run_dir, "data/tiny_qa_queries.parquet", queries)  # with their slots
     stats = rollout_pool(cfg, queries, cfg.teacher, cfg.tiny_qa.k, "data/parts/tiny_qa",
                          desc="tiny_qa (teacher)")
     rows = consolidate(run_dir, "data/parts/tiny_qa", "data/tiny_qa_scored.parquet", None,

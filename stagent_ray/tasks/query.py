@@ -54,6 +54,44 @@ class Query:
         return row
 
 
+# ---------------------------------------------------------------- what makes two queries the same
+
+# params that name a place, an anchor or a district (a city name is not an entity: the
+# entity split asks in the pool's cities)
+ENTITY_FIELDS = ("anchor", "name", "origins", "origin", "destination", "stops", "start_place",
+                 "entity", "location", "region")
+ROUTE_FAMILIES = ("route_stop", "mode_choice", "drive_time", "intercity_trip")
+
+
+def answer_key(query) -> str:
+    """The family and the answer-relevant slots (params): two queries with the same key ask
+    for the same tool calls and the same answer, however they are worded."""
+    family = query.family if hasattr(query, "family") else query["family"]
+    params = query.params if hasattr(query, "params") else query["params"]
+    if isinstance(params, str):  # a Parquet row
+        params = json.loads(params)
+    return f"{family}|{json.dumps(params, sort_keys=True, ensure_ascii=False)}"
+
+
+def named_entities(query, city_names) -> set[str]:
+    """The places, anchors and districts a query names, and its route (origin → destination,
+    for the route families: intercity trips name only cities, so their route is what they
+    hold out)."""
+    family = query.family if hasattr(query, "family") else query["family"]
+    params = query.params if hasattr(query, "params") else query["params"]
+    if isinstance(params, str):
+        params = json.loads(params)
+    names = set()
+    for key in ENTITY_FIELDS:
+        value = params.get(key)
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, str) and v and v not in city_names:
+                names.add(v)
+    if family in ROUTE_FAMILIES and params.get("origin") and params.get("destination"):
+        names.add(f"route:{params['origin']} -> {params['destination']}")
+    return names
+
+
 def make_query_id(family: str, text: str, world_seed: int) -> str:
     return hashlib.sha1(f"{family}|{text}|{world_seed}".encode("utf-8")).hexdigest()[:16]
 

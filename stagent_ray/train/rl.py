@@ -221,7 +221,7 @@ def rl_loop(config: dict) -> None:
             trajs = run_episodes(engine, executor,
                                  [(q.query_id, q.text) for q in queries for _ in range(G)],
                                  SamplingParams(**sampling_base, seed=derive_seed(
-                                     f"rl{step}", round_, rank)), cfg.agent,
+                                     cfg.seed, f"rl{step}", round_, rank)), cfg.agent,
                                  fault_key=f"rl{step}/{round_}/{rank}") if queries else []
             times["rollout"] += time.perf_counter() - t
             t = time.perf_counter()
