@@ -445,8 +445,8 @@ def validate(cfg: Config) -> Config:
         section, name = dotted.split(".")
         if getattr(getattr(cfg, section), name) <= 0:
             raise ConfigError(f"{dotted}: must be > 0")
-    for dotted in ["tiny_qa.fraction", "pool.held_out_entity_share", "split.certain_threshold", "split.keep_trivial_fraction",
-                   "teacher.noise", "policy.noise", "reward.judge_weight",
+    for dotted in ["tiny_qa.fraction", "pool.held_out_entity_share", "split.certain_threshold",
+                   "split.keep_trivial_fraction", "teacher.noise", "policy.noise", "reward.judge_weight",
                    "reward.judge_pass_threshold"]:
         section, name = dotted.split(".")
         value = getattr(getattr(cfg, section), name)
@@ -476,6 +476,9 @@ def validate(cfg: Config) -> Config:
     for engine in ("teacher", "policy"):
         if getattr(cfg, engine).kind == "openai" and not getattr(cfg, engine).base_url:
             raise ConfigError(f"{engine}.base_url: {engine}.kind 'openai' needs an endpoint")
+    if cfg.teacher.kind in ("hf", "vllm") and not cfg.teacher.model:
+        # the policy's checkpoint is the stage's own; a model teacher must be named
+        raise ConfigError(f"teacher.model: teacher.kind {cfg.teacher.kind!r} needs a checkpoint")
     if cfg.world.backend == "replay" and not cfg.world.replay_path:
         raise ConfigError("world.replay_path: backend 'replay' needs a recorded file")
     if cfg.world.backend == "http" and not cfg.world.http_url:

@@ -43,6 +43,7 @@ def test_overrides_are_typed_and_nested():
     (["eval.checkpoints=[sft0,sft2]"], "eval.checkpoints"),
     (["sft1.batch_size=3", "sft1.num_workers=2"], "sft1.batch_size"),
     (["teacher.kind=openai"], "teacher.base_url"),
+    (["teacher.kind=hf"], "teacher.model"),
     (["world.backend=replay"], "world.replay_path"),
     (["eval.pass_k=-1"], "eval.pass_k"),
     (["pretrain.docs=-1"], "pretrain.docs"),

@@ -24,7 +24,7 @@ CONFIGS = sorted(glob.glob("configs/*.yaml"))
 # The cluster and GPU configs ask for 10^4-10^5 candidates; their funnel takes minutes to
 # curate them. The split is structural, so their own families, world and held-out city are
 # kept and only the sizes are capped.
-CAPS = {"queries_per_family": 60, "target_size": 300, "eval_per_family": 20}
+CAPS = {"queries_per_family": 40, "target_size": 200, "eval_per_family": 8}
 
 
 def capped(path: str, run_dir: str):

@@ -4,14 +4,23 @@ held-out eval set.
 The funnel, as in the STAgent report: generate → lexical de-duplication (MinHash + LSH over
 word shingles) → semantic de-duplication within each intent bucket (hashed n-gram vectors,
 or a sentence-transformers model when configured) → k-center greedy diversity selection
-down to the target size. The eval set is disjoint: no shared text, and one city (the last)
-is held out of the pool entirely so part of the eval set asks about unseen places.
+down to the target size.
+
+The eval sets share no answer with the pool: the first (data/eval.parquet) is chosen before
+the pool and owns its answer keys (family + params, so the same tool calls and ground truth
+however a query is worded), one query a key; the pool drops every candidate with one of
+them. With `pool.hold_out_city` it asks in a city the pool never shows. The entity split
+(data/eval_entities.parquet) asks in the pool's cities about places, anchors, districts and
+routes the pool never names (a seeded share of each family's entities is held out of it). A
+family whose generator has too few distinct answers fills less than its share and is named
+in the stage metrics (`eval_short`, `eval_entities_short`).
 
 With `pool.source: file` the candidates are the user's own queries (JSON lines or Parquet,
 see `read_query_files`) instead of generated ones; they go through the same funnel, and a
 random `pool.eval_fraction` of the survivors becomes the eval set.
 
-Outputs: data/pool.parquet, data/eval.parquet, and the funnel counts in the stage metrics.
+Outputs: data/pool.parquet, data/eval.parquet, data/eval_entities.parquet (world pools), and
+the funnel counts in the stage metrics.
 """
 
 from __future__ import annotations
@@ -262,8 +271,8 @@ def eval_queries(world, families: list[str], per_family: int, seed: int, exclude
     `prefer_city` first. `key_share` caps a family's queries at that share of the distinct keys
     its generator gave in this draw (so a small family, e.g. unsolvable's 10 requests, leaves
     the rest to the pool). With `exclude_entities`, only queries that name an entity and none
-    of those (the entity split); none in `skip_city`. Returns the queries and, per family that could not fill its
-    share, {"wanted", "got", "distinct_keys"}."""
+    of those (the entity split); none in `skip_city`. Returns the queries and, per family
+    that could not fill its share, {"wanted", "got", "distinct_keys"}."""
     from stagent_ray.tasks.families import generate_queries
     from stagent_ray.tasks.query import answer_key, named_entities
 
