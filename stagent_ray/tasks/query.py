@@ -63,13 +63,18 @@ ENTITY_FIELDS = ("anchor", "name", "origins", "origin", "destination", "stops", 
 ROUTE_FAMILIES = ("route_stop", "mode_choice", "drive_time", "intercity_trip")
 
 
+def _family_and_params(query) -> tuple[str, dict]:
+    """Of a Query or its Parquet row (params as JSON text)."""
+    if isinstance(query, Query):
+        return query.family, query.params
+    params = query["params"]
+    return query["family"], json.loads(params) if isinstance(params, str) else params
+
+
 def answer_key(query) -> str:
     """The family and the answer-relevant slots (params): two queries with the same key ask
     for the same tool calls and the same answer, however they are worded."""
-    family = query.family if hasattr(query, "family") else query["family"]
-    params = query.params if hasattr(query, "params") else query["params"]
-    if isinstance(params, str):  # a Parquet row
-        params = json.loads(params)
+    family, params = _family_and_params(query)
     return f"{family}|{json.dumps(params, sort_keys=True, ensure_ascii=False)}"
 
 
@@ -77,10 +82,7 @@ def named_entities(query, city_names) -> set[str]:
     """The places, anchors and districts a query names, and its route (origin → destination,
     for the route families: intercity trips name only cities, so their route is what they
     hold out)."""
-    family = query.family if hasattr(query, "family") else query["family"]
-    params = query.params if hasattr(query, "params") else query["params"]
-    if isinstance(params, str):
-        params = json.loads(params)
+    family, params = _family_and_params(query)
     names = set()
     for key in ENTITY_FIELDS:
         value = params.get(key)
