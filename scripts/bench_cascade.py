@@ -27,8 +27,12 @@ hierarchical bootstrap: seeds, then queries within each seed), by family and per
 episodes); for each claim of the recipe (SFT-1 > SFT-0, RL > SFT-1, RL hard vs all, ...) the
 paired difference in verified rate on the same queries, per seed and with its hierarchical
 interval; "significant" means that interval excludes 0 over at least 3 seeds. Every set's
-size per family, and the families that could not fill their share, are in the table.
-Re-running resumes: finished stages and ablations are skipped. `--ablations` picks which
+size per family, and the families that could not fill their share, are in the table; per
+RL row (`training`), the verified rate beside the shaped reward (first and last quarter of
+the steps), the kept groups' share with mixed verdicts, the advantages' share the verdict
+explains, groups sampled and kept a step; `remeasure`, how the hard set moved on SFT-1.
+Re-running resumes: finished stages and ablations are skipped; `--redo-rl` trains the RL
+stages and rows again from each seed's SFT-1 (to compare rl.* settings on the same SFT-1). `--ablations` picks which
 ablations run: all (default), none (the recipe's own rows only, for a time-limited machine)
 or a comma-separated list; a later call with more adds them to the same run directories.
 `--fresh-eval N` then evaluates every row again on a third eval set, N new queries a family
@@ -104,8 +108,9 @@ def run_ablations(cfg, log, names: list[str]) -> None:
                                     max_steps=sft1_steps, name="sft1_all"),
         "rl_all": lambda: run_rl(replace(cfg, rl=replace(cfg.rl, prompt_set="all")),
                                  run_path(run_dir, "ckpt/sft1"), "ckpt/rl_all", name="rl_all"),
-        # the pipeline's prompts (rl_prompts), from SFT-0 instead of SFT-1
-        "rl_sft0": lambda: run_rl(cfg, run_path(run_dir, "ckpt/sft0"), "ckpt/rl_sft0",
+        # the split's hard prompts (measured on SFT-0), from SFT-0 instead of SFT-1
+        "rl_sft0": lambda: run_rl(replace(cfg, rl=replace(cfg.rl, remeasure=False)),
+                                  run_path(run_dir, "ckpt/sft0"), "ckpt/rl_sft0",
                                   name="rl_sft0")}
     write_table(run_dir, "data/all_scored.parquet", all_scored_rows(run_dir))
     for name, train in runs.items():
@@ -119,6 +124,43 @@ def run_ablations(cfg, log, names: list[str]) -> None:
         write_json(run_dir, "bench/seconds.json", {**seconds, name: round(time.time() - t0, 1)})
 
 
+RL_ROWS = ["rl", "rl_all", "rl_sft0"]
+
+
+def forget_rl(run_dir: str) -> None:
+    """--redo-rl: remove what the remeasure and rl stages and the RL ablations made (their
+    checkpoints, Ray Train state, metrics, evals, the report), so the next call trains RL
+    again from the same SFT-1 (local run directories only)."""
+    import glob
+    import shutil
+
+    paths = [f"{run_dir}/{p}" for p in (
+        "data/parts/remeasure", "data/hard_sft1.parquet", "data/remeasured.parquet",
+        "data/remeasure_report.json", "data/eval_rl_drawn.parquet",
+        "data/eval_rl_undrawn.parquet", "report", "eval/summary.json")]
+    for name in RL_ROWS:
+        paths += [f"{run_dir}/ckpt/{name}", f"{run_dir}/train/{name}",
+                  f"{run_dir}/train/{name}_sync"]
+        paths += glob.glob(f"{run_dir}/train/{name}_*.jsonl")
+        paths += glob.glob(f"{run_dir}/eval*/{name}.json")
+        for mode in ("greedy", "sampled"):
+            paths += glob.glob(f"{run_dir}/eval*/{name}_{mode}_*.parquet")
+            paths += glob.glob(f"{run_dir}/eval*/parts/{name}_{mode}")
+    for path in paths:
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+    manifest = read_json(run_dir, "manifest.json")
+    for stage in ("remeasure", "rl", "eval", "report"):
+        manifest["stages"].pop(stage, None)
+    write_json(run_dir, "manifest.json", manifest)
+    if exists(run_dir, "bench/seconds.json"):
+        seconds = read_json(run_dir, "bench/seconds.json")
+        write_json(run_dir, "bench/seconds.json",
+                   {k: v for k, v in seconds.items() if k not in RL_ROWS})
+
+
 def training_summary(run_dir: str, names: list[str]) -> dict:
     """Steps and final loss of each SFT run, steps and reward of each RL run."""
     out = {}
@@ -128,9 +170,13 @@ def training_summary(run_dir: str, names: list[str]) -> dict:
             out[name] = {"steps": history[-1]["step"], "final_loss": round(history[-1]["loss"], 4)}
         else:
             q = max(1, len(history) // 4)
-            out[name] = {"steps": len(history), "reward_first_quarter": round(float(np.mean(
-                [h["reward_mean"] for h in history[:q]])), 4), "reward_last_quarter": round(
-                float(np.mean([h["reward_mean"] for h in history[-q:]])), 4)}
+            mean = lambda rows, key: round(float(np.mean([h.get(key, np.nan) for h in rows])), 4)  # noqa: E731
+            out[name] = {"steps": len(history), **{
+                f"{key}_{part}": mean(rows, key) for key in ("reward_mean", "verified_rate")
+                for part, rows in (("first_quarter", history[:q]), ("last_quarter", history[-q:]))},
+                **{key: mean(history, key) for key in (
+                    "kept_mixed_verdict_share", "sampled_mixed_verdict_share",
+                    "verdict_adv_share", "groups_sampled", "groups_kept", "refill_rounds")}}
     return out
 
 
@@ -347,6 +393,9 @@ def main() -> None:
                     help="also evaluate every row on a second eval set of N new queries a "
                          "family (in neither the pool nor the first eval set) and build the "
                          "table from it; the first set's differences are kept beside it")
+    ap.add_argument("--redo-rl", action="store_true",
+                    help="train RL (remeasure, rl and the RL ablations) again from each seed's "
+                         "SFT-1, e.g. with other rl.* overrides; earlier stages are kept")
     ap.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
     args = ap.parse_args()
     args.ablations = {"all": ABLATIONS, "none": []}.get(args.ablations,
@@ -373,6 +422,8 @@ def main() -> None:
         cfg = load_config(args.config, args.overrides + seed_overrides + [
             f"seed={seed}", f"run_dir={os.path.abspath(base.run_dir)}/seed{seed}"])
         log(f"== seed {seed}: {cfg.run_dir}")
+        if args.redo_rl and exists(cfg.run_dir, "manifest.json"):
+            forget_rl(cfg.run_dir)
         if run_pipeline(cfg, log=log) != 0:
             raise SystemExit(f"seed {seed}: the cascade failed (see {cfg.run_dir}/manifest.json)")
         run_ablations(cfg, log, args.ablations)
@@ -416,6 +467,10 @@ def main() -> None:
         "eval_sets": sets,
         "split": {s: read_json(d, "data/split_report.json")["regions"]
                   for s, d in run_dirs.items()},
+        # RL's prompts: the hard set measured again on SFT-1 (stages/remeasure.py)
+        "remeasure": {s: {k: v for k, v in read_json(d, "data/remeasure_report.json").items()
+                          if k in ("skipped", "candidates", "hard", "hard_before", "moved")}
+                      for s, d in run_dirs.items() if exists(d, "data/remeasure_report.json")},
         "training": training,
         "seconds": stage_seconds,
         "config_used": asdict(load_config(args.config, args.overrides))}

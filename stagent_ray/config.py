@@ -158,6 +158,7 @@ class ScoreConfig:
     n_rollouts: int = 8
     temperature: float = 1.0
     engine: str = "actor"            # actor: engine inside each Data actor | serve: Policy deployment
+    rubric_weight: float = 0.3       # reward = (1 - w)·verified + w·rubric (score, split, eval)
 
 
 @dataclass
@@ -208,6 +209,9 @@ class PretrainConfig(SFTConfig):
 class RLConfig:
     algorithm: str = "grpo"          # grpo | ppo | gspo
     prompt_set: str = "hard"         # hard: the split's hard queries | all: the whole pool
+    # hard: re-measure them (and the all-fail ones) with SFT-1 at rl.temperature first
+    remeasure: bool = True
+    prompt_order: str = "curriculum"  # curriculum: most uncertain first, then shuffled | shuffle
     steps: int = 20
     prompts_per_step: int = 4
     group_size: int = 8
@@ -221,7 +225,8 @@ class RLConfig:
     clip_high: float = 0.28
     gspo_clip_low: float = 3e-4
     gspo_clip_high: float = 4e-4
-    normalize_std: bool = True       # GRPO: divide by the group std (off = Dr. GRPO)
+    norm_adv_by_std: bool = True     # GRPO: divide by the group std (off = Dr. GRPO)
+    rubric_weight: float = 0.3       # RL's reward = (1 - w)·verified + w·rubric
     loss_agg: str = "token-mean"     # token-mean | seq-mean-token-mean | seq-mean-token-sum
     kl_coef: float = 0.0
     kl_estimator: str = "k3"         # k1 | k3
@@ -230,8 +235,9 @@ class RLConfig:
     gamma: float = 1.0
     lam: float = 0.95
     critic_lr: float = 1e-4
-    dynamic_sampling: bool = True    # drop groups whose rewards are all equal, refill
-    max_refill_rounds: int = 2
+    dynamic_sampling: bool = True    # drop groups with nothing to compare, draw more (refill)
+    filter_on: str = "verified"      # verified: keep groups with mixed verdicts | reward: any spread
+    max_refill_rounds: int = 3       # bounded: a step trains on what it has after these
     rollout_engine: str = "inprocess"  # inprocess: an engine in each trainer worker | serve
     num_workers: int = 2
     checkpoint_every: int = 10
@@ -334,6 +340,8 @@ _CHOICES = {
     "rl.loss_agg": {"token-mean", "seq-mean-token-mean", "seq-mean-token-sum"},
     "rl.kl_estimator": {"k1", "k3"},
     "rl.prompt_set": {"hard", "all"},
+    "rl.prompt_order": {"curriculum", "shuffle"},
+    "rl.filter_on": {"verified", "reward"},
     "rl.rollout_engine": {"inprocess", "serve"},
     "rl.algorithm": {"grpo", "ppo", "gspo"},
     **{f"{stage}.attention_kernel": {"auto", "flash", "cudnn"}
@@ -376,8 +384,9 @@ def _coerce(value, annotation, key: str):
 
 
 # Keys that moved: an old config fails with the new key named instead of "unknown key".
-MOVED_KEYS = {f"score.{name}": f"rollout.{name}"
-              for name in ("num_actors", "cpus_per_actor", "gpus_per_actor", "batch_size")}
+MOVED_KEYS = {**{f"score.{name}": f"rollout.{name}"
+                 for name in ("num_actors", "cpus_per_actor", "gpus_per_actor", "batch_size")},
+              "rl.normalize_std": "rl.norm_adv_by_std"}
 
 
 def _build(cls, data: dict, prefix: str = ""):
@@ -447,11 +456,13 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{dotted}: must be > 0")
     for dotted in ["tiny_qa.fraction", "pool.held_out_entity_share", "split.certain_threshold",
                    "split.keep_trivial_fraction", "teacher.noise", "policy.noise", "reward.judge_weight",
-                   "reward.judge_pass_threshold"]:
+                   "reward.judge_pass_threshold", "score.rubric_weight", "rl.rubric_weight"]:
         section, name = dotted.split(".")
         value = getattr(getattr(cfg, section), name)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"{dotted}: {value} is outside [0, 1]")
+    if cfg.rl.max_refill_rounds < 0:
+        raise ConfigError(f"rl.max_refill_rounds: {cfg.rl.max_refill_rounds} must be >= 0")
     for name in ("cpus_per_actor", "gpus_per_actor"):
         if getattr(cfg.rollout, name) < 0:
             raise ConfigError(f"rollout.{name}: {getattr(cfg.rollout, name)} must be >= 0")

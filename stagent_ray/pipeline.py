@@ -1,5 +1,5 @@
-"""The cascade as one job: pool → tiny_qa → base → sft0 → score → split → sft1 → rl → eval →
-report. Each stage is one file (stages/, and train/ for the Ray Train loops).
+"""The cascade as one job: pool → tiny_qa → base → sft0 → score → split → sft1 → remeasure →
+rl → eval → report. Each stage is one file (stages/, and train/ for the Ray Train loops).
 
 The run directory holds every artifact and `manifest.json` (config, config hash, per-stage
 status, artifacts and metrics). A stage whose status is complete and whose artifacts exist
@@ -20,7 +20,8 @@ from stagent_ray.config import Config, config_to_dict
 from stagent_ray.loggers import emit_dashboard_metrics, make_logger
 from stagent_ray.runio import RunDirError, exists, read_json, run_path, write_json
 
-STAGES = ["pool", "tiny_qa", "base", "sft0", "score", "split", "sft1", "rl", "eval", "report"]
+STAGES = ["pool", "tiny_qa", "base", "sft0", "score", "split", "sft1", "remeasure", "rl", "eval",
+          "report"]
 
 # What each stage leaves behind; the stage counts as done only if all of these exist.
 ARTIFACTS = {
@@ -31,6 +32,7 @@ ARTIFACTS = {
     "score": ["data/full_qa.parquet", "data/trajectories.parquet"],
     "split": ["data/certain.parquet", "data/hard.parquet", "data/split_report.json"],
     "sft1": ["ckpt/sft1/config.json"],
+    "remeasure": ["data/remeasure_report.json"],
     "rl": ["ckpt/rl/config.json"],
     "eval": ["eval/summary.json"],
     "report": ["report/index.html"],
@@ -91,6 +93,9 @@ def run_stage(cfg: Config, stage: str) -> dict:
         from stagent_ray.train.sft import run_sft
         return run_sft(cfg, "sft1", "data/certain.parquet", run_path(run_dir, "ckpt/sft0"),
                        "ckpt/sft1")
+    if stage == "remeasure":
+        from stagent_ray.stages.remeasure import run_remeasure
+        return run_remeasure(cfg, run_path(run_dir, "ckpt/sft1"))
     if stage == "rl":
         from stagent_ray.train.rl import run_rl
         return run_rl(cfg, run_path(run_dir, "ckpt/sft1"), "ckpt/rl")

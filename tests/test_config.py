@@ -50,6 +50,11 @@ def test_overrides_are_typed_and_nested():
     (["pretrain.batch_size=0"], "pretrain.batch_size"),
     (["pretrain.docs=100", "model.name_or_path=Qwen/Qwen3-0.6B"], "pretrain.docs"),
     (["sft1.attention_kernel=fa3"], "sft1.attention_kernel"),
+    (["rl.filter_on=rubric"], "rl.filter_on"),
+    (["rl.prompt_order=random"], "rl.prompt_order"),
+    (["rl.rubric_weight=1.5"], "rl.rubric_weight"),
+    (["score.rubric_weight=-0.1"], "score.rubric_weight"),
+    (["rl.max_refill_rounds=-1"], "rl.max_refill_rounds"),
 ])
 def test_bad_config_names_the_key(override, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
@@ -69,7 +74,8 @@ def test_bad_yaml_file(tmp_path):
 @pytest.mark.parametrize("old, new", [("score.num_actors", "rollout.num_actors"),
                                       ("score.batch_size", "rollout.batch_size"),
                                       ("score.cpus_per_actor", "rollout.cpus_per_actor"),
-                                      ("score.gpus_per_actor", "rollout.gpus_per_actor")])
+                                      ("score.gpus_per_actor", "rollout.gpus_per_actor"),
+                                      ("rl.normalize_std", "rl.norm_adv_by_std")])
 def test_a_moved_key_names_its_new_place(old, new):
     with pytest.raises(ConfigError, match=f"'{old}' has moved to '{new}'".replace(".", r"\.")):
         load_config("configs/tiny.yaml", [f"{old}=1"])

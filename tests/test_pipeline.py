@@ -115,3 +115,33 @@ def test_cascade_end_to_end_then_resume(ray_session, tmp_path, capsys):
     first = read_table(run_dir, "eval/rl_greedy_trajectories.parquet")
     assert {t["query_id"] for t in first} == {r["query_id"] for r in
                                               read_table(run_dir, "data/eval.parquet")}
+
+    # The `remeasure` stage skipped itself (rl.prompt_set=all); with the hard set it rolls out
+    # every hard or all-fail query SFT-1 was not trained on, group_size times at RL's
+    # temperature, and keeps the mixed-verdict ones, most uncertain first, for RL.
+    from stagent_ray.stages.remeasure import run_remeasure
+    from stagent_ray.stages.split import region_of
+    from stagent_ray.train.rl import rl_prompts
+    assert "skipped" in json.load(open(os.path.join(run_dir, "data/remeasure_report.json")))
+    hard_cfg = load_config("configs/tiny.yaml", TINY + [f"run_dir={run_dir}", "rl.prompt_set=hard",
+                                                        "rl.group_size=3"])
+    report = run_remeasure(hard_cfg, os.path.join(run_dir, "ckpt/sft1"))
+    recovered = {r["query_id"] for r in read_table(run_dir, "data/certain.parquet")
+                 if r["source"] == "teacher_recovered"}
+    want = {r["query_id"] for r in full if region_of(r, hard_cfg.split.certain_threshold)
+            in ("hard", "noise") and r["query_id"] not in recovered}
+    measured = read_table(run_dir, "data/remeasured.parquet") if want else []
+    assert {r["query_id"] for r in measured} == want and report["candidates"] == len(want)
+    assert all(r["n"] == 3 for r in measured)
+    hard = read_table(run_dir, "data/hard_sft1.parquet")
+    passes = {r["query_id"]: sum(r["verified"]) for r in measured}
+    assert [r["query_id"] for r in hard] == [r["query_id"] for r in sorted(
+        (r for r in measured if 0 < passes[r["query_id"]] < 3),
+        key=lambda r: (-r["learnability"], r["query_id"]))]
+    assert report["hard"] == len(hard) and sum(report["moved"].values()) == len(want)
+    prompts, which = rl_prompts(hard_cfg)
+    if hard:  # the re-measured set, in its order
+        assert which == "hard_sft1" and [p["query_id"] for p in prompts] == \
+            [r["query_id"] for r in hard]
+    else:  # nothing uncertain for SFT-1: the split's hard set, else the pool, said so
+        assert which in ("hard", "all")

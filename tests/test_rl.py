@@ -123,6 +123,16 @@ def test_grpo_raises_reward_and_engine_tracks_weights(sft_model, tmp_path):
     assert all(h["logprob_gap_max"] < GAP_TOL for h in history), \
         [h["logprob_gap_max"] for h in history]
     assert all(h["groups_kept"] > 0 and h["grad_norm"] > 0 for h in history)
+    # rl.filter_on: verified (the default): every kept group has both verdicts, at most
+    # prompts_per_step are kept, and the advantages are mostly the verdict's
+    for h in history:
+        assert h["kept_mixed_verdict_share"] == 1.0 and h["groups_kept"] <= cfg.rl.prompts_per_step
+        assert h["groups_sampled"] >= h["groups_informative"] >= h["groups_kept"]
+        assert h["verdict_adv_share"] > 0.5, h
+    assert sum(h["refill_rounds"] for h in history) > 0  # some steps drew more prompts
+    drawn = [json.loads(line) for line in open(os.path.join(run_dir, "train/rl_prompts.jsonl"))]
+    assert len(drawn) == sum(h["groups_sampled"] for h in history)
+    assert sum(d["kept"] for d in drawn) == sum(h["groups_kept"] for h in history)
     assert summary["resumed_from_step"] == 0 and summary["logprob_gap_max"] < GAP_TOL
     assert os.path.exists(os.path.join(summary["path"], "config.json"))
 
@@ -163,12 +173,15 @@ def test_killed_ppo_run_resumes(sft_model, tmp_path):
 
 
 @pytest.mark.ray
-def test_gspo_runs(sft_model, tmp_path):
+def test_gspo_runs_at_temperature_07(sft_model, tmp_path):
+    """GSPO with a KL term, sampling at temperature 0.7: the trainer's log-probs must be taken
+    at the rollout's temperature too (logprob_gap < 1e-3; scaling the logits by 1.0 instead
+    gives a gap of about 0.1-1)."""
     from stagent_ray.train.rl import run_rl
 
     init, prompts = sft_model
     run_dir = str(tmp_path)
-    cfg = make_cfg(run_dir, algorithm="gspo", steps=2, kl_coef=0.01)
+    cfg = make_cfg(run_dir, algorithm="gspo", steps=2, kl_coef=0.01, temperature=0.7)
     summary = run_rl(cfg, init, "ckpt/rl", failure_config=no_retry(), prompts=prompts)
     history = read_metrics(run_dir)
     assert [h["step"] for h in history] == [1, 2] and summary["steps"] == 2
@@ -263,3 +276,50 @@ def test_update_is_independent_of_ranks_and_micro_batches(tmp_path):
         assert one["grad_norm"] > 0
         assert one["kl"] == pytest.approx(0.0, abs=1e-6)  # the reference is the init model
     assert stats[1]["ppo/token-mean"]["value_loss"] > 0
+
+
+# ---------------------------------------------------------------- the loss mask, no Ray
+
+def test_loss_mask_and_logprobs_of_a_hand_built_multi_turn_episode(tmp_path):
+    """An episode built by hand from its parts (prompt, a tool call, the tool's response, the
+    answer), padded in a batch beside a shorter one: the positions pad_batch trains on are
+    exactly those that predict an assistant token, and sequence_logprobs gives, at those
+    positions, the log-probs a plain forward gives at the trainer's temperature. Catches a
+    loss mask shifted by one token and a temperature left out of the log-probs."""
+    from stagent_ray.models.build import load_tokenizer
+    from stagent_ray.models.chat_format import IM_END, format_tool_call, render_ids, tool_response_ids
+    from stagent_ray.rollout.agent_loop import initial_messages
+    from stagent_ray.stages.base import build_base_checkpoint
+    from stagent_ray.train.common import load_for_training
+    from stagent_ray.train.rl import pad_batch, sequence_logprobs
+
+    cfg = make_cfg(str(tmp_path))
+    path = build_base_checkpoint(str(tmp_path / "base"), cfg.model, cfg.world)
+    tok = load_tokenizer(path)
+    encode = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
+    prompt, _ = render_ids(tok, initial_messages("Is it raining in Yunhai now?"),
+                           add_generation_prompt=True)
+    call = encode(format_tool_call("current_weather", {"city": "Yunhai"}) + IM_END)
+    tool = tool_response_ids(tok, ['{"city": "Yunhai", "condition": "rain", "temp_c": 14}'])
+    answer = encode("Yes: rain in Yunhai, 14°C." + IM_END)
+    ids = prompt + call + tool + answer
+    mask = [0] * len(prompt) + [1] * len(call) + [0] * len(tool) + [1] * len(answer)
+    seqs = [{"token_ids": ids, "logprobs": [0.0] * len(ids), "loss_mask": mask, "advantage": 1.0},
+            {"token_ids": prompt + answer, "logprobs": [0.0] * (len(prompt) + len(answer)),
+             "loss_mask": [0] * len(prompt) + [1] * len(answer), "advantage": -1.0}]
+    batch = pad_batch(seqs, tok.pad_token_id, torch.device("cpu"))
+
+    trained = batch["mask"][0] > 0
+    assert batch["targets"][0][trained].tolist() == call + answer
+    expected_positions = [t for t in range(len(ids) - 1) if mask[t + 1]]
+    assert torch.nonzero(trained).squeeze(-1).tolist() == expected_positions
+    assert batch["targets"][1][batch["mask"][1] > 0].tolist() == answer  # padding untrained
+
+    model = load_for_training(path).eval()
+    with torch.no_grad():
+        logp, _ = sequence_logprobs(model, batch, temperature=0.7)
+        logits = model(input_ids=torch.tensor([ids])).logits[0].float()
+    at = lambda temperature: torch.stack([  # noqa: E731
+        torch.log_softmax(logits / temperature, dim=-1)[t, ids[t + 1]] for t in expected_positions])
+    assert torch.allclose(logp[0][trained], at(0.7), atol=1e-4)
+    assert not torch.allclose(at(1.0), at(0.7), atol=1e-3)  # the temperature matters here

@@ -2,8 +2,9 @@
 and an optional LLM judge (reward.kind: verifier | judge | both)."""
 
 from dataclasses import replace
+from functools import partial
 
-from stagent_ray.reward.score import Score, score_trajectory
+from stagent_ray.reward.score import RUBRIC_WEIGHT, Score, score_trajectory
 
 __all__ = ["Score", "score_trajectory", "make_scorer", "score_episode"]
 
@@ -19,15 +20,17 @@ def score_episode(score, query, messages: list[dict], stop_reason: str) -> Score
     return score(query, messages)
 
 
-def make_scorer(reward_cfg):
-    """A `score(query, messages) -> Score` function for the configured reward.
+def make_scorer(reward_cfg, rubric_weight: float = RUBRIC_WEIGHT):
+    """A `score(query, messages) -> Score` function for the configured reward; the verifier's
+    value weighs the rubric by `rubric_weight` (each stage sets its own).
 
     judge: the LLM judge's value; with no ground truth, a value at or above
     `judge_pass_threshold` counts as verified, so the certainty split still has passes to
     count. both: the judge and the verifier combined; verified comes from the verifier.
     """
+    verifier = partial(score_trajectory, rubric_weight=rubric_weight)
     if reward_cfg.kind == "verifier":
-        return score_trajectory
+        return verifier
     from stagent_ray.reward.judge import LLMJudge, combined_score
     from stagent_ray.tasks.taxonomy import task_type
 
@@ -41,6 +44,6 @@ def make_scorer(reward_cfg):
         judged = judge.judge(text, messages, task_type(intent["level1"], intent["level2"]))
         if reward_cfg.kind == "judge":
             return replace(judged, verified=judged.value >= reward_cfg.judge_pass_threshold)
-        return combined_score(judged, score_trajectory(query, messages), reward_cfg.judge_weight)
+        return combined_score(judged, verifier(query, messages), reward_cfg.judge_weight)
 
     return score

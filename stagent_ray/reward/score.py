@@ -2,7 +2,8 @@
 
     value = 0                                  if there is no final answer
     value = 0                                  if the answer states an ungrounded fact (veto)
-    value = 0.7 * verified + 0.3 * rubric      otherwise
+    value = 0.7 * verified + 0.3 * rubric      otherwise (the rubric's share is a parameter:
+                                               score.rubric_weight, rl.rubric_weight)
 
 `verified` (0/1) is the exact check of the answer against the query's ground truth
 (`verify.py`); the rubric (`rubric.py`) mixes planning, fidelity and presentation by task
@@ -32,8 +33,7 @@ from stagent_ray.reward.rubric import (fidelity_score, planning_score, presentat
 from stagent_ray.reward.verify import verify_answer
 from stagent_ray.tasks.taxonomy import TAXONOMY
 
-VERIFIED_WEIGHT = 0.7
-RUBRIC_WEIGHT = 0.3
+RUBRIC_WEIGHT = 0.3  # the default share; the verdict weighs the rest
 
 # trailing words people add to a place name ("Yunhai Railway Station" vs "... Station")
 _NAME_SUFFIXES = ("district", "area", "station", "city", "centre", "center")
@@ -88,9 +88,9 @@ def find_ungrounded(facts: AnswerFacts, evidence: Evidence) -> list[str]:
     return bad
 
 
-def score_trajectory(query, messages: list[dict]) -> Score:
+def score_trajectory(query, messages: list[dict], rubric_weight: float = RUBRIC_WEIGHT) -> Score:
     """Reward of `messages` (user, assistant/tool turns, final assistant) for `query`
-    (a tasks.Query or its dict)."""
+    (a tasks.Query or its dict); the rubric weighs `rubric_weight`, the verdict the rest."""
     gt = _field(query, "ground_truth")
     intent = _field(query, "intent")
     task = TAXONOMY[intent["level1"]][intent["level2"]]
@@ -138,5 +138,5 @@ def score_trajectory(query, messages: list[dict]) -> Score:
              "veto": bool(ungrounded)}
     if ungrounded:
         return Score(0.0, False, parts, "hallucination: " + "; ".join(ungrounded[:3]))
-    value = VERIFIED_WEIGHT * float(verified) + RUBRIC_WEIGHT * rubric
+    value = (1.0 - rubric_weight) * float(verified) + rubric_weight * rubric
     return Score(round(value, 6), verified, parts, why)

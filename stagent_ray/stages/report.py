@@ -149,10 +149,19 @@ def run_report(cfg) -> dict:
                      "retried, then the episode re-rolled, then left out of every score. Garbage "
                      "outputs are the model's own failure and are scored."))
     if rl:
+        # the verdict beside the shaped reward: a rising reward with a flat verified rate is
+        # the rubric being learnt, not the task
         fig, ax = plt.subplots(figsize=(6, 3.2))
-        ax.plot([r["step"] for r in rl], [r["reward_mean"] for r in rl], color="#d8793b")
-        ax.set(xlabel="step", ylabel="mean reward", title="RL reward")
-        images.append(("RL reward", _save(fig, run_dir, "rl_reward.png")))
+        steps = [r["step"] for r in rl]
+        ax.plot(steps, [r["reward_mean"] for r in rl], color="#d8793b", label="shaped reward")
+        ax.plot(steps, [r["verified_rate"] for r in rl], color="#4c72b0", label="verified rate")
+        if all("kept_mixed_verdict_share" in r for r in rl):
+            ax.plot(steps, [r["kept_mixed_verdict_share"] for r in rl], color="#999",
+                    linestyle=":", label="kept groups with mixed verdicts")
+        ax.set(xlabel="step", ylabel="rate of the step's rollouts", title="RL rollouts",
+               ylim=(0, 1.05))
+        ax.legend(fontsize=7)
+        images.append(("RL reward and verified rate", _save(fig, run_dir, "rl_reward.png")))
 
     md = "# stagent-ray run report\n\n" + "".join(
         f"## {title}\n\n{body}\n\n" for title, body in sections) + "".join(

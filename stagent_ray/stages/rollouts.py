@@ -120,7 +120,7 @@ class RolloutActor:
             self.token_engine = with_faults(self.token_engine, self.cfg.faults)
         from stagent_ray.reward import make_scorer
 
-        self.score = make_scorer(self.cfg.reward)
+        self.score = make_scorer(self.cfg.reward, self.cfg.score.rubric_weight)
         s = self.cfg.sampling
         self.temperature = s.temperature if temperature is None else temperature
         self._metrics()

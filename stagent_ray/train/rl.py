@@ -7,15 +7,23 @@ One RL step, in every Ray Train worker:
                prompt through the agent loop with tools — with an engine inside the worker
                (`rl.rollout_engine: inprocess`) or through the Policy deployment (`serve`);
   2. scoring   the scorer grades every trajectory (an episode cut off before its answer
-               scores 0); workers exchange their groups so every worker sees the whole
-               batch; for GRPO/GSPO, groups whose rewards are all equal carry no signal and
-               are dropped, and more prompts are drawn to refill (dynamic sampling);
-  3. update    advantages (group-normalised for GRPO/GSPO, GAE with a critic for PPO),
+               scores 0; the rubric weighs `rl.rubric_weight`); workers exchange their
+               groups so every worker sees the whole batch; for GRPO/GSPO, a group whose
+               verdicts are all equal (`rl.filter_on: verified`; `reward`: all rewards) has
+               nothing to compare and is dropped, and more prompts are drawn until
+               `prompts_per_step` groups are kept or the refills run out (sample_groups);
+  3. update    advantages (group-relative for GRPO/GSPO, divided by the group's std unless
+               `rl.norm_adv_by_std` is off, as in Dr. GRPO; GAE with a critic for PPO),
                old log-probs recomputed by the trainer (each rank its share), then
                `rl.mini_batches` optimizer steps. Every loss is the mean over the whole
                mini-batch's tokens (or sequences), however ranks and micro-batches split it;
   4. sync      the new weights go to the rollout engine: in place for the in-process engine,
                `Policy.reload` on Ray Serve.
+Prompts: the hard set re-measured with SFT-1 (stages/remeasure.py), most uncertain first on
+the first pass (`rl.prompt_order: curriculum`), shuffled after. Per step the metrics hold
+the verified rate beside the shaped reward, the kept groups' share with mixed verdicts and
+how much of the advantages the verdict explains; train/<name>_prompts.jsonl lists every
+prompt drawn and whether its group was trained on.
 The trainer's log-probs on freshly rolled-out tokens are compared with the engine's
 (`logprob_gap`): after a correct weight push they agree to float precision, so a stale
 engine shows up at once. Checkpoints (model, optimizer, critic, step, prompt cursor, RNG,
@@ -27,7 +35,6 @@ from __future__ import annotations
 import math
 import os
 import posixpath
-import random
 import signal
 import tempfile
 import time
@@ -42,6 +49,8 @@ from stagent_ray.train.common import (adamw, all_reduce_sum, attention_for, expo
                                       fit_on_ray_train, grad_norm_and_clip, load_for_training,
                                       load_train_state, local_model_dir, publish_dir,
                                       save_train_state, shard_model)
+from stagent_ray.train.groups import (episode_advantages, sample_groups, take_prompts,
+                                      verdict_share)
 
 
 class ValueModel(torch.nn.Module):
@@ -61,17 +70,6 @@ class ValueModel(torch.nn.Module):
         hidden = self.body(input_ids=input_ids, attention_mask=attention_mask,
                            use_cache=False).last_hidden_state
         return self.head(hidden).squeeze(-1)                           # [B, T]
-
-
-def prompt_order(n: int, epoch: int, seed: int) -> list[int]:
-    """The prompt stream: a fresh shuffle of all hard queries per pass."""
-    order = list(range(n))
-    random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    return order
-
-
-def take_prompts(n: int, cursor: int, count: int, seed: int) -> list[int]:
-    return [prompt_order(n, (cursor + i) // n, seed)[(cursor + i) % n] for i in range(count)]
 
 
 def pad_batch(seqs: list[dict], pad_id: int, device) -> dict[str, torch.Tensor]:
@@ -135,7 +133,7 @@ def rl_loop(config: dict) -> None:
     rl, init = cfg.rl, config["init_checkpoint"]
     prompts = ray.get(config["prompts_ref"])
     executor = executor_from_config(cfg.world, cfg.faults)
-    score_trajectory = make_scorer(cfg.reward)
+    score_trajectory = make_scorer(cfg.reward, rl.rubric_weight)
 
     torch.manual_seed(cfg.seed)
     attn = attention_for(device, packed=False)  # padded rows with an attention mask
@@ -182,7 +180,7 @@ def rl_loop(config: dict) -> None:
         engine.load_weights({k: v.detach().to("cpu") if device.type == "cpu" else v
                              for k, v in full.items()})
 
-    start, cursor, history = 0, 0, []
+    start, cursor, history, drawn = 0, 0, [], []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
@@ -190,6 +188,7 @@ def rl_loop(config: dict) -> None:
             if critic is not None:
                 load_train_state(os.path.join(d, "critic"), critic, critic_opt, rank)
         start, cursor, history = state["step"], state["cursor"], state["history"]
+        drawn = state.get("drawn", [])
     if start > 0 or rl.rollout_engine == "serve":
         push_weights(start)
 
@@ -207,17 +206,16 @@ def rl_loop(config: dict) -> None:
         step_start = time.perf_counter()
 
         # 1-2. rollouts, scoring and dynamic sampling --------------------------------
-        kept, sampled_groups, episodes = [], 0, []
         step_faults = Counter()  # faults met by this rank's episodes (config.FaultConfig)
-        for round_ in range(1 + (rl.max_refill_rounds if filter_groups else 0)):
-            need = P if round_ == 0 else P - len(kept)
-            if need <= 0:
-                break
-            idx = take_prompts(len(prompts), cursor, need, cfg.seed)
-            cursor += need
-            mine = idx[rank::world]
+
+        def draw(count: int, round_: int) -> list[list[dict]]:
+            """Roll out and score `count` new prompts (this rank its share); every rank
+            gets all the groups."""
+            nonlocal cursor
+            idx = take_prompts(len(prompts), cursor, count, cfg.seed, config["curriculum"])
+            cursor += count
             t = time.perf_counter()
-            queries = [row_to_query(prompts[i]) for i in mine]
+            queries = [row_to_query(prompts[i]) for i in idx[rank::world]]
             trajs = run_episodes(engine, executor,
                                  [(q.query_id, q.text) for q in queries for _ in range(G)],
                                  SamplingParams(**sampling_base, seed=derive_seed(
@@ -230,36 +228,38 @@ def rl_loop(config: dict) -> None:
                 group = []
                 for tr in trajs[j * G:(j + 1) * G]:
                     step_faults.update(tr.faults)
-                    if tr.infra_fault:  # the tool backend failed, not the model: no advantage
+                    # the tool backend failed, not the model: kept as a marked episode that
+                    # is no outcome (keep_group) and gets no advantage (episode_advantages)
+                    if tr.infra_fault:
                         step_faults["infra_faulted_episodes"] += 1
-                        continue
-                    score = score_episode(score_trajectory, q, tr.messages, tr.stop_reason)
-                    group.append({"token_ids": tr.token_ids, "logprobs": tr.logprobs,
-                                  "loss_mask": tr.loss_mask, "reward": float(score.value),
-                                  "verified": bool(score.verified),
+                    score = None if tr.infra_fault else score_episode(
+                        score_trajectory, q, tr.messages, tr.stop_reason)
+                    group.append({"query_id": q.query_id, "token_ids": tr.token_ids,
+                                  "logprobs": tr.logprobs, "loss_mask": tr.loss_mask,
+                                  "infra_fault": bool(tr.infra_fault),
+                                  "reward": float(score.value) if score else 0.0,
+                                  "verified": bool(score and score.verified),
                                   "tool_calls": tr.num_tool_calls, "tool_errors": tr.num_tool_errors,
                                   "gen_tokens": int(sum(tr.loss_mask))})
-                if group:
-                    groups.append(group)
+                groups.append(group)
             times["scoring"] += time.perf_counter() - t
             gathered = [None] * world
             dist.all_gather_object(gathered, groups)
-            all_groups = [g for part in gathered for g in part]
-            sampled_groups += len(all_groups)
-            for g in all_groups:
-                episodes += g
-                rewards = [e["reward"] for e in g]
-                if not filter_groups or max(rewards) - min(rewards) > 1e-9:
-                    kept.append(g)
+            return [g for part in gathered for g in part]
+
+        kept, counts, sampled = sample_groups(draw, P, rl.max_refill_rounds,
+                                              rl.filter_on if filter_groups else None)
+        episodes = [e for g in sampled for e in g if not e["infra_fault"]]
+        drawn += [{"step": step + 1, "query_id": g[0]["query_id"], "kept": any(g is k for k in kept)}
+                  for g in sampled]
 
         # 3. advantages and update ---------------------------------------------------
         t = time.perf_counter()
         seqs = []
         for g in kept:
-            r = torch.tensor([e["reward"] for e in g])
-            adv = L.group_advantages(r[None], rl.normalize_std)[0]
-            for e, a in zip(g, adv.tolist()):
-                seqs.append({**e, "advantage": a})
+            for e, a in zip(g, episode_advantages(g, rl.norm_adv_by_std)):
+                if not e["infra_fault"]:  # advantage 0: no gradient, and out of the token mean
+                    seqs.append({**e, "advantage": a})
         stats = {"policy_loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "entropy": 0.0,
                  "logprob_gap": 0.0, "logprob_gap_max": 0.0, "value_loss": 0.0,
                  "grad_norm": 0.0}
@@ -279,9 +279,12 @@ def rl_loop(config: dict) -> None:
         metrics = {
             "step": step + 1, "reward_mean": float(np.mean(rewards)) if rewards else 0.0,
             "reward_std": float(np.std(rewards)) if rewards else 0.0,
+            # the verdict itself, beside the shaped reward: what RL is meant to raise
             "verified_rate": sum(e["verified"] for e in episodes) / n_ep,
-            "groups_sampled": sampled_groups, "groups_kept": len(kept),
-            "filtered_frac": 1 - len(kept) / max(1, sampled_groups),
+            "verified_rate_kept": sum(s["verified"] for s in seqs) / max(1, len(seqs)),
+            **counts, "filtered_frac": 1 - counts["groups_informative"]
+            / max(1, counts["groups_sampled"]),
+            "verdict_adv_share": verdict_share(seqs),
             "adv_mean": float(np.mean(adv_values)), "adv_std": float(np.std(adv_values)),
             "adv_min": float(np.min(adv_values)), "adv_max": float(np.max(adv_values)),
             "tool_calls_per_episode": sum(e["tool_calls"] for e in episodes) / n_ep,
@@ -299,11 +302,13 @@ def rl_loop(config: dict) -> None:
         history.append(metrics)
         if rank == 0:
             write_jsonl(cfg.run_dir, f"train/{config['name']}_metrics.jsonl", history)
+            write_jsonl(cfg.run_dir, f"train/{config['name']}_prompts.jsonl", drawn)
         done = step + 1
         if done % rl.checkpoint_every == 0 or done == rl.steps:
             with tempfile.TemporaryDirectory() as d:
                 save_train_state(d, model, optimizer, rank,
-                                 {"step": done, "cursor": cursor, "history": history})
+                                 {"step": done, "cursor": cursor, "history": history,
+                                  "drawn": drawn})
                 if critic is not None:
                     os.makedirs(os.path.join(d, "critic"), exist_ok=True)
                     save_train_state(os.path.join(d, "critic"), critic, critic_opt, rank, {})
@@ -458,24 +463,33 @@ def all_reduce_max(x: float, device) -> float:
 
 
 def rl_prompts(cfg) -> tuple[list[dict], str]:
-    """The prompts RL trains on and the set they are (the one place this is decided):
-    `rl.prompt_set` hard = the split's hard queries (data/hard.parquet) joined with the pool
-    for their ground truth; all = the whole pool. A weak πθ0 can leave no hard query: then
-    the whole pool, said on stderr and returned as "all"."""
+    """The prompts RL trains on and the set they are (the one place this is decided), in
+    their order: `rl.prompt_set` all = the whole pool; hard = the hard queries joined with
+    the pool for their ground truth, most uncertain first: those re-measured on SFT-1
+    (data/hard_sft1.parquet, "hard_sft1") when `rl.remeasure` is on, else the split's
+    (data/hard.parquet, measured on πθ0). An empty set falls back, said on stderr: the
+    re-measured one to the split's, the split's to the whole pool ("all")."""
     import sys
 
-    from stagent_ray.runio import read_table
+    from stagent_ray.runio import exists, read_table
 
     pool = read_table(cfg.run_dir, "data/pool.parquet")
     if cfg.rl.prompt_set == "all":
         return pool, "all"
     by_id = {r["query_id"]: r for r in pool}
-    hard = [by_id[r["query_id"]] for r in read_table(cfg.run_dir, "data/hard.parquet")
-            if r["query_id"] in by_id]
-    if hard:
-        return hard, "hard"
-    print("[rl] no hard queries in data/hard.parquet; RL runs on the whole pool "
-          "(see data/split_report.json)", file=sys.stderr)
+    tables = [("data/hard.parquet", "hard")]
+    if cfg.rl.remeasure:
+        tables.insert(0, ("data/hard_sft1.parquet", "hard_sft1"))
+    for table, name in tables:
+        if not exists(cfg.run_dir, table):
+            continue
+        hard = [by_id[r["query_id"]] for r in read_table(cfg.run_dir, table)
+                if r["query_id"] in by_id]
+        if hard:
+            return hard, name
+        print(f"[rl] no queries in {table} (see data/split_report.json, "
+              "data/remeasure_report.json)", file=sys.stderr)
+    print("[rl] no hard queries; RL runs on the whole pool", file=sys.stderr)
     return pool, "all"
 
 
@@ -502,6 +516,8 @@ def run_rl(cfg, init_checkpoint: str, out_relative: str, *, failure_config=None,
         serve_app = f"{name}_policy"
         deploy_policy(init_checkpoint, cfg.policy, cfg.serve, name=serve_app)
     config = {"cfg": cfg, "init_checkpoint": init_checkpoint, "prompts_ref": ray.put(prompts),
+              # the hard sets come most uncertain first; the pool has no such order
+              "curriculum": rl.prompt_order == "curriculum" and prompt_set.startswith("hard"),
               "fail_at_step": fail_at_step, "serve_app": serve_app, "name": name,
               "sync_dir": run_path(run_dir, f"train/{name}_sync")}
     try:
@@ -517,11 +533,20 @@ def run_rl(cfg, init_checkpoint: str, out_relative: str, *, failure_config=None,
     history = read_history(run_dir, name)
     first = history[: max(1, len(history) // 4)]
     last = history[-max(1, len(history) // 4):]
+    mean = lambda rows, key: float(np.mean([h[key] for h in rows]))  # noqa: E731
     return {"steps": rl.steps, "path": path, "resumed_from_step": metrics["start_step"],
             "prompts": len(prompts), "prompt_set": prompt_set,
             "hard_set_empty": cfg.rl.prompt_set == "hard" and prompt_set == "all",
-            "reward_first_quarter": float(np.mean([h["reward_mean"] for h in first])),
-            "reward_last_quarter": float(np.mean([h["reward_mean"] for h in last])),
+            "remeasured_set_empty": cfg.rl.prompt_set == "hard" and cfg.rl.remeasure
+            and prompt_set != "hard_sft1",
+            "reward_first_quarter": mean(first, "reward_mean"),
+            "reward_last_quarter": mean(last, "reward_mean"),
+            "verified_first_quarter": mean(first, "verified_rate"),
+            "verified_last_quarter": mean(last, "verified_rate"),
+            "kept_mixed_verdict_share": mean(history, "kept_mixed_verdict_share"),
+            "sampled_mixed_verdict_share": mean(history, "sampled_mixed_verdict_share"),
+            "groups_short_total": sum(h["groups_short"] for h in history),
+            "refill_rounds_mean": mean(history, "refill_rounds"),
             "logprob_gap_max": max(h["logprob_gap_max"] for h in history),
             "faults": history_faults(history),
             "time_split_s": {k: float(np.mean([h[f"time_{k}_s"] for h in history]))
