@@ -226,7 +226,10 @@ class RLConfig:
     gspo_clip_low: float = 3e-4
     gspo_clip_high: float = 4e-4
     norm_adv_by_std: bool = True     # GRPO: divide by the group std (off = Dr. GRPO)
-    rubric_weight: float = 0.3       # RL's reward = (1 - w)·verified + w·rubric
+    # RL's reward = (1 - w)·verified + w·rubric. 0.1, not scoring's 0.3: on SFT-1's groups at
+    # 0.3 a clean fail can outscore a messy pass, and 2.9% of episodes get an advantage
+    # against their verdict; at 0.1, none (scripts/probe_rl_signal.py)
+    rubric_weight: float = 0.1
     loss_agg: str = "token-mean"     # token-mean | seq-mean-token-mean | seq-mean-token-sum
     kl_coef: float = 0.0
     kl_estimator: str = "k3"         # k1 | k3

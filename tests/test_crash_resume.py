@@ -29,7 +29,9 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
 # test_pipeline's tiny cascade, with checkpoints every few steps (so a kill lands between
 # them), one checkpoint to evaluate, and faults injected.
-CASCADE = [o for o in TINY if not o.startswith(("rl.steps=", "eval.checkpoints="))] + [
+CASCADE = [o for o in TINY if not o.startswith(("rl.steps=", "eval.checkpoints=",
+                                                 "rl.prompt_set="))] + [
+    "rl.prompt_set=hard",  # the remeasure stage rolls out too
     "sft0.checkpoint_every=2", "sft1.checkpoint_every=2", "rl.steps=3", "rl.checkpoint_every=1",
     "eval.checkpoints=[rl]", "eval.teacher=false",
     "world.tool_timeout_s=1.0", "faults.tool_timeout=0.04", "faults.tool_error=0.1",
@@ -47,7 +49,10 @@ OUTPUTS = {
     "split": ["data/parts/recover", "data/recovered_scored.parquet", "data/certain.parquet",
               "data/hard.parquet", "data/split_report.json"],
     "sft1": ["ckpt/sft1", "train/sft1", "train/sft1_metrics.jsonl"],
-    "rl": ["ckpt/rl", "train/rl", "train/rl_metrics.jsonl", "train/rl_sync"],
+    "remeasure": ["data/parts/remeasure", "data/remeasured.parquet", "data/hard_sft1.parquet",
+                  "data/remeasure_report.json"],
+    "rl": ["ckpt/rl", "train/rl", "train/rl_metrics.jsonl", "train/rl_prompts.jsonl",
+           "train/rl_sync"],
     "eval": ["eval"],
     "report": ["report"],
 }
@@ -62,7 +67,8 @@ COMPARED = {
     "split": ["data/certain.parquet", "data/hard.parquet", "data/split_report.json",
               "data/recovered_scored.parquet"],
     "sft1": ["ckpt/sft1"],
-    "rl": ["ckpt/rl"],
+    "remeasure": ["data/remeasure_report.json", "data/hard_sft1.parquet"],
+    "rl": ["ckpt/rl", "train/rl_prompts.jsonl"],
     "eval": ["eval/summary.json", "eval/rl.json", "eval/rl_greedy_trajectories.parquet",
              "eval/rl_sampled_trajectories.parquet"],
     "report": ["report/summary.md"],
