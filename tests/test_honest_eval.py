@@ -88,7 +88,7 @@ def rollout_messages(cfg, engine, queries, n=3):
 def test_another_seed_draws_other_rollouts_and_one_seed_repeats(tmp_path, tiny_checkpoint):
     from stagent_ray.stages.rollouts import policy_engine
     from stagent_ray.tasks.families import generate_queries
-    from stagent_ray.train.rl import take_prompts
+    from stagent_ray.train.groups import take_prompts
     from stagent_ray.world.generate import load_world
 
     cfg = load_config("configs/tiny.yaml", [f"run_dir={tmp_path}", "sampling.max_new_tokens=24",
@@ -107,8 +107,11 @@ def test_another_seed_draws_other_rollouts_and_one_seed_repeats(tmp_path, tiny_c
     first = rollout_messages(cfg, policy, queries)
     assert first == rollout_messages(cfg, policy, queries)
     assert first != rollout_messages(other, policy, queries)
-    # RL's prompt order; the pool and its eval sets
-    assert take_prompts(50, 0, 20, 0) == take_prompts(50, 0, 20, 0) != take_prompts(50, 0, 20, 1)
+    # RL's prompt order (the shuffled passes; a curriculum's first pass is the given order);
+    # the pool and its eval sets
+    assert take_prompts(50, 0, 20, 0, False) == take_prompts(50, 0, 20, 0, False) \
+        != take_prompts(50, 0, 20, 1, False)
+    assert take_prompts(50, 50, 20, 0, True) != take_prompts(50, 50, 20, 1, True)
     for seeded in (cfg, other):
         run_pool(replace(seeded, run_dir=str(tmp_path / f"pool{seeded.seed}")))
     assert (read_table(str(tmp_path / "pool0"), "data/eval.parquet")
