@@ -32,7 +32,8 @@ RL row (`training`), the verified rate beside the shaped reward (first and last 
 the steps), the kept groups' share with mixed verdicts, the advantages' share the verdict
 explains, groups sampled and kept a step; `remeasure`, how the hard set moved on SFT-1.
 Re-running resumes: finished stages and ablations are skipped; `--redo-rl` trains the RL
-stages and rows again from each seed's SFT-1 (to compare rl.* settings on the same SFT-1). `--ablations` picks which
+stages and rows again from each seed's SFT-1 (to compare rl.* settings on the same SFT-1).
+`--ablations` picks which
 ablations run: all (default), none (the recipe's own rows only, for a time-limited machine)
 or a comma-separated list; a later call with more adds them to the same run directories.
 `--fresh-eval N` then evaluates every row again on a third eval set, N new queries a family
@@ -170,10 +171,12 @@ def training_summary(run_dir: str, names: list[str]) -> dict:
             out[name] = {"steps": history[-1]["step"], "final_loss": round(history[-1]["loss"], 4)}
         else:
             q = max(1, len(history) // 4)
-            mean = lambda rows, key: round(float(np.mean([h.get(key, np.nan) for h in rows])), 4)  # noqa: E731
+            def mean(rows, key):
+                return round(float(np.mean([h.get(key, np.nan) for h in rows])), 4)
+            quarters = (("first_quarter", history[:q]), ("last_quarter", history[-q:]))
             out[name] = {"steps": len(history), **{
                 f"{key}_{part}": mean(rows, key) for key in ("reward_mean", "verified_rate")
-                for part, rows in (("first_quarter", history[:q]), ("last_quarter", history[-q:]))},
+                for part, rows in quarters},
                 **{key: mean(history, key) for key in (
                     "kept_mixed_verdict_share", "sampled_mixed_verdict_share",
                     "verdict_adv_share", "groups_sampled", "groups_kept", "refill_rounds")}}
