@@ -32,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from stagent_ray.reward.score import weighted_value  # noqa: E402
 from stagent_ray.runio import read_table  # noqa: E402
 from stagent_ray.stages.rollouts import list_parts  # noqa: E402
 
@@ -40,7 +41,7 @@ def reward(t: dict, w: float) -> float:
     parts = json.loads(t["parts"])
     if t["stop_reason"] != "answer" or parts.get("veto") or "rubric" not in parts:
         return 0.0
-    return (1.0 - w) * float(t["verified"]) + w * parts["rubric"]
+    return weighted_value(t["verified"], parts["rubric"], w)
 
 
 def measure(groups: list[list[dict]], filter_on: str, w: float, norm: bool) -> dict:

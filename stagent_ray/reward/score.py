@@ -138,5 +138,9 @@ def score_trajectory(query, messages: list[dict], rubric_weight: float = RUBRIC_
              "veto": bool(ungrounded)}
     if ungrounded:
         return Score(0.0, False, parts, "hallucination: " + "; ".join(ungrounded[:3]))
-    value = (1.0 - rubric_weight) * float(verified) + rubric_weight * rubric
-    return Score(round(value, 6), verified, parts, why)
+    return Score(round(weighted_value(verified, rubric, rubric_weight), 6), verified, parts, why)
+
+
+def weighted_value(verified: bool, rubric: float, rubric_weight: float) -> float:
+    """The value of an answer that passed the veto: the verdict and the rubric, weighed."""
+    return (1.0 - rubric_weight) * float(verified) + rubric_weight * rubric

@@ -18,20 +18,11 @@ Skipped (the report says why) with `rl.remeasure: false` or `rl.prompt_set: all`
 from __future__ import annotations
 
 
-def hard_rows(rows: list[dict]) -> list[dict]:
-    """Mixed-verdict rows, most uncertain first (ties by query_id: a stable order)."""
-    mixed = [r for r in rows if 0 < sum(r["verified"]) < r["n"]]
-    mixed.sort(key=lambda r: (-r["learnability"], r["query_id"]))
-    return [{"query_id": r["query_id"], "family": r["family"], "text": r["text"],
-             "pass_rate": r["pass_rate"], "mean_reward": r["mean_reward"],
-             "learnability": r["learnability"]} for r in mixed]
-
-
 def run_remeasure(cfg, checkpoint: str) -> dict:
     from stagent_ray.runio import read_table, write_json, write_table
     from stagent_ray.stages.rollouts import (consolidate, pass_count_histogram, policy_engine,
                                              rollout_pool)
-    from stagent_ray.stages.split import region_of
+    from stagent_ray.stages.split import region_of, rl_prompt_rows
 
     run_dir, rl = cfg.run_dir, cfg.rl
     if not rl.remeasure or rl.prompt_set != "hard":
@@ -54,7 +45,7 @@ def run_remeasure(cfg, checkpoint: str) -> dict:
                               desc="remeasure (SFT-1 x G)")["faults"]
         rows = consolidate(run_dir, "data/parts/remeasure", "data/remeasured.parquet", None,
                            order=[q["query_id"] for q in candidates])
-    hard = hard_rows(rows)
+    hard = rl_prompt_rows([r for r in rows if 0 < sum(r["verified"]) < r["n"]])  # mixed
     write_table(run_dir, "data/hard_sft1.parquet", hard)
 
     def region_now(r):

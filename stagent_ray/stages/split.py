@@ -26,6 +26,15 @@ def region_of(row: dict, certain_threshold: float) -> str:
     return "hard"
 
 
+def rl_prompt_rows(rows: list[dict]) -> list[dict]:
+    """Scored rows as RL prompt rows (data/hard.parquet, data/hard_sft1.parquet): most
+    learnable first, ties by query_id (a stable order)."""
+    rows = sorted(rows, key=lambda r: (-r["learnability"], r["query_id"]))
+    return [{"query_id": r["query_id"], "family": r["family"], "text": r["text"],
+             "pass_rate": r["pass_rate"], "mean_reward": r["mean_reward"],
+             "learnability": r["learnability"]} for r in rows]
+
+
 def run_split(cfg) -> dict:
     from stagent_ray.runio import read_table, write_json, write_table
     from stagent_ray.stages.rollouts import consolidate, pass_count_histogram, rollout_pool
@@ -61,10 +70,7 @@ def run_split(cfg) -> dict:
                      for r in noise if r["query_id"] in ok]
     certain += recovered
 
-    hard = sorted(by_region["hard"], key=lambda r: (-r["learnability"], r["query_id"]))
-    hard_rows = [{"query_id": r["query_id"], "family": r["family"], "text": r["text"],
-                  "pass_rate": r["pass_rate"], "mean_reward": r["mean_reward"],
-                  "learnability": r["learnability"]} for r in hard]
+    hard_rows = rl_prompt_rows(by_region["hard"])
     write_table(run_dir, "data/certain.parquet", certain)
     write_table(run_dir, "data/hard.parquet", hard_rows)
     report = {

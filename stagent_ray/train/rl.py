@@ -250,8 +250,8 @@ def rl_loop(config: dict) -> None:
         kept, counts, sampled = sample_groups(draw, P, rl.max_refill_rounds,
                                               rl.filter_on if filter_groups else None)
         episodes = [e for g in sampled for e in g if not e["infra_fault"]]
-        drawn += [{"step": step + 1, "query_id": g[0]["query_id"], "kept": any(g is k for k in kept)}
-                  for g in sampled]
+        drawn += [{"step": step + 1, "query_id": g[0]["query_id"],
+                   "kept": any(g is k for k in kept)} for g in sampled]
 
         # 3. advantages and update ---------------------------------------------------
         t = time.perf_counter()
