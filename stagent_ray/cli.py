@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     # Subcommands owned by their packages.
-    for module in ("stagent_ray.world.cli", "stagent_ray.tasks.cli", "stagent_ray.serve.cli"):
+    for module in ("stagent_ray.world.cli", "stagent_ray.tasks.cli", "stagent_ray.serve.cli",
+                   "stagent_ray.models.pretrained"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -89,6 +89,12 @@ class AgentConfig:
     max_calls_per_turn: int = 1
     system_prompt: str | None = None
     tool_prompt: str = "full"        # full JSON schemas | compact (names, argument types) | none
+    # The model's own format (models/formats.py). auto: the tokenizer's chat template when it
+    # has one that is not the project's, else the project's ChatML/Hermes renderer.
+    chat_format: str = "auto"        # auto | project | template
+    tool_parser: str = "auto"        # auto (from the template) | hermes | llama3_json | mistral
+    enable_thinking: bool = False    # passed to the template (Qwen3's thinking mode)
+    train_thinking: bool = True      # SFT trains on <think> blocks (false: masked out)
     # Turns join the engine's batch at points fixed by the episodes' own progress, in seed
     # order, never by when their tools happen to finish: a rerun samples the same tokens and
     # log-probs bit for bit (killed stages resume exactly). false: a turn joins as soon as it
@@ -340,6 +346,8 @@ _CHOICES = {
     "policy.dtype": {"float32", "bfloat16", "float16"},
     "score.engine": {"actor", "serve"},
     "agent.tool_prompt": {"full", "compact", "none"},
+    "agent.chat_format": {"auto", "project", "template"},
+    "agent.tool_parser": {"auto", "hermes", "llama3_json", "mistral"},
     "rl.loss_agg": {"token-mean", "seq-mean-token-mean", "seq-mean-token-sum"},
     "rl.kl_estimator": {"k1", "k3"},
     "rl.prompt_set": {"hard", "all"},

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from stagent_ray.models.chat_format import (IM_END, format_tool_call, format_tool_response,
+from stagent_ray.models.chat_format import (IM_END, PROJECT_TEMPLATE, format_tool_call, format_tool_response,
                                             parse_assistant_turn, prompt_tools, render_ids)
 from stagent_ray.models.tokenizer import SYNTAX_LINES, train_tokenizer
 
@@ -20,33 +20,6 @@ SCHEMAS = [
         "parameters": {"type": "object", "properties": {"location": {"type": "string"}},
                        "required": ["location"], "additionalProperties": False}}},
 ]
-
-# A Qwen3-style Jinja template that mirrors our renderer; a tokenizer carrying it must
-# give exactly the ids that render_ids gives.
-QWEN3_STYLE_TEMPLATE = (
-    "{%- if tools %}{{- '<|im_start|>system\\n' }}"
-    "{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}"
-    "{{- '# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n"
-    "You are provided with function signatures within <tools></tools> XML tags:\\n<tools>' }}"
-    "{%- for tool in tools %}{{- '\\n' }}{{- tool | tojson }}{%- endfor %}"
-    "{{- '\\n</tools>\\n\\nFor each function call, return a json object with function name and "
-    "arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\"name\": "
-    "<function-name>, \"arguments\": <args-json-object>}\\n</tool_call><|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- for message in messages %}"
-    "{%- if message.role == 'system' and loop.first and tools %}"
-    "{%- elif message.role == 'system' or message.role == 'user' %}"
-    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
-    "{%- elif message.role == 'assistant' %}"
-    "{{- '<|im_start|>assistant\\n' + message.content + '<|im_end|>\\n' }}"
-    "{%- elif message.role == 'tool' %}"
-    "{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}"
-    "{%- endif %}"
-    "{{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}"
-    "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}"
-    "{%- endif %}{%- endif %}{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
-
 
 @pytest.fixture(scope="module")
 def tokenizer():
@@ -87,7 +60,7 @@ def test_mask_covers_exactly_the_assistant_spans(tokenizer):
 
 
 def test_render_equals_apply_chat_template(tokenizer):
-    tokenizer.chat_template = QWEN3_STYLE_TEMPLATE
+    tokenizer.chat_template = PROJECT_TEMPLATE
     for msgs, gen in [(conversation(), False), (conversation()[:4], True),
                       (conversation()[1:], False)]:
         ids, _ = render_ids(tokenizer, msgs, SCHEMAS, add_generation_prompt=gen)

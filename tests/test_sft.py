@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stagent_ray.config import ModelConfig
+from stagent_ray.config import AgentConfig, ModelConfig
 from stagent_ray.models.build import build_tiny_model
 from stagent_ray.models.chat_format import format_tool_call, render_ids
+from stagent_ray.models.formats import format_for
 from stagent_ray.models.tokenizer import SYNTAX_LINES, train_tokenizer
 from stagent_ray.train.attention import KERNELS, VARLEN, flat_inputs, register
 from stagent_ray.train.data import batch_rows, pack, steps_per_epoch, tokenize_rows
@@ -53,7 +54,7 @@ def test_masked_tokens_get_exactly_zero_gradient():
 
 def test_tokenize_trains_only_on_assistant_tokens(tok):
     rows = [{"messages": json.dumps(conversation(i))} for i in range(3)]
-    samples, stats = tokenize_rows(rows, tok, None, seq_len=512)
+    samples, stats = tokenize_rows(rows, format_for(tok, AgentConfig()), None, seq_len=512)
     assert stats["rows"] == 3 and stats["truncated"] == stats["dropped"] == 0
     ids, mask = samples[0]
     trained = tok.decode([t for t, m in zip(ids, mask) if m])
@@ -62,7 +63,8 @@ def test_tokenize_trains_only_on_assistant_tokens(tok):
     assert '"places"' not in trained                                  # tool response
     # A trajectory cut before any assistant token is dropped, not trained on.
     first_assistant = mask.index(1)
-    _, stats = tokenize_rows(rows[:1], tok, None, seq_len=first_assistant - 1)
+    _, stats = tokenize_rows(rows[:1], format_for(tok, AgentConfig()), None,
+                             seq_len=first_assistant - 1)
     assert stats["truncated"] == stats["dropped"] == 1
 
 

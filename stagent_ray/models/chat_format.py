@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
 TOOL_RESPONSE_OPEN, TOOL_RESPONSE_CLOSE = "<tool_response>", "</tool_response>"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 UNSOLVED_MARKER = "[Unsolved]"
 SPECIAL_TOKENS = [IM_START, IM_END, TOOL_CALL_OPEN, TOOL_CALL_CLOSE, TOOL_RESPONSE_OPEN,
                   TOOL_RESPONSE_CLOSE, "<|endoftext|>"]
@@ -29,6 +30,33 @@ DEFAULT_SYSTEM_PROMPT = (
     "You are a spatio-temporal assistant for places, routes, trips and weather. "
     "Call tools when you need facts; state only facts that a tool returned. "
     f"If the tools cannot serve a request, answer with {UNSOLVED_MARKER} and say why.")
+
+
+# The renderer below as a Jinja chat template: the tiny tokenizer carries it, so its
+# checkpoints work with `apply_chat_template`, vLLM and TGI (tests check they agree).
+PROJECT_TEMPLATE = (
+    "{%- if tools %}{{- '<|im_start|>system\\n' }}"
+    "{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}"
+    "{{- '# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\\n<tools>' }}"
+    "{%- for tool in tools %}{{- '\\n' }}{{- tool | tojson }}{%- endfor %}"
+    "{{- '\\n</tools>\\n\\nFor each function call, return a json object with function name and "
+    "arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\"name\": "
+    "<function-name>, \"arguments\": <args-json-object>}\\n</tool_call><|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'system' and loop.first and tools %}"
+    "{%- elif message.role == 'system' or message.role == 'user' %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'assistant' %}"
+    "{{- '<|im_start|>assistant\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'tool' %}"
+    "{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}"
+    "{%- endif %}"
+    "{{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}"
+    "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}"
+    "{%- endif %}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
 
 
 def format_tool_call(name: str, arguments: dict) -> str:
@@ -168,25 +196,48 @@ def _error(kind: str, message: str) -> ParsedTurn:
     return ParsedTurn(error={"error": {"type": kind, "message": message}})
 
 
-def _check_arguments(call: dict, tool_schemas: dict[str, dict]) -> str | None:
-    """Return a message when a call does not fit its tool's JSON schema (shallow check)."""
-    schema = tool_schemas[call["name"]]
-    params = schema.get("parameters", schema)
+def check_call(name, arguments, tool_schemas) -> dict | None:
+    """The structured error of a call that does not fit its tool (None when it fits): a
+    string name, an object of arguments, and with `tool_schemas`, a known tool whose required
+    arguments are there with their JSON types (a shallow check)."""
+    if not isinstance(name, str) or not name:
+        return {"type": "malformed_tool_call", "message": "tool call needs a string 'name'"}
+    if not isinstance(arguments, dict):
+        return {"type": "malformed_tool_call", "message": "'arguments' must be a JSON object"}
+    by_name = {s.get("function", s)["name"]: s.get("function", s) for s in (tool_schemas or [])}
+    if not by_name:
+        return None
+    if name not in by_name:
+        return {"type": "unknown_tool", "message": f"unknown tool {name!r}"}
+    params = by_name[name].get("parameters", by_name[name])
     props = params.get("properties", {})
     for req in params.get("required", []):
-        if req not in call["arguments"]:
-            return f"missing required argument {req!r} for {call['name']}"
+        if req not in arguments:
+            return {"type": "invalid_arguments",
+                    "message": f"missing required argument {req!r} for {name}"}
     py_types = {"string": str, "integer": int, "number": (int, float), "boolean": bool,
                 "array": list, "object": dict}
-    for key, value in call["arguments"].items():
+    for key, value in arguments.items():
         if key not in props:
-            return f"unknown argument {key!r} for {call['name']}"
+            return {"type": "invalid_arguments", "message": f"unknown argument {key!r} for {name}"}
         want = props[key].get("type")
         ok = py_types.get(want)
         if ok is not None and (not isinstance(value, ok) or
                                (want in ("integer", "number") and isinstance(value, bool))):
-            return f"argument {key!r} of {call['name']} must be {want}, got {type(value).__name__}"
+            return {"type": "invalid_arguments", "message":
+                    f"argument {key!r} of {name} must be {want}, got {type(value).__name__}"}
     return None
+
+
+def split_think(text: str) -> tuple[str, str]:
+    """(the leading `<think>...</think>` block with what follows it up to the reply, the
+    reply). Thinking is never parsed for tool calls or scored as the answer."""
+    if THINK_CLOSE not in text:
+        return "", text
+    cut = text.index(THINK_CLOSE) + len(THINK_CLOSE)
+    rest = text[cut:]
+    reply = rest.lstrip("\n")
+    return text[:cut] + rest[:len(rest) - len(reply)], reply
 
 
 def parse_assistant_turn(text: str, tool_schemas: list[dict] | None = None,
@@ -197,7 +248,7 @@ def parse_assistant_turn(text: str, tool_schemas: list[dict] | None = None,
     object with a known `name` and an `arguments` object that fits the schema, nothing but
     whitespace may follow the last block, and at most `max_calls` blocks may appear.
     """
-    text = text.replace(IM_END, "")
+    text = split_think(text.replace(IM_END, ""))[1]
     if TOOL_CALL_OPEN not in text:
         if TOOL_CALL_CLOSE in text:
             return _error("malformed_tool_call", "found </tool_call> without <tool_call>")
@@ -206,7 +257,6 @@ def parse_assistant_turn(text: str, tool_schemas: list[dict] | None = None,
         if not text.strip():
             return _error("empty_answer", "the assistant turn is empty")
         return ParsedTurn(answer=text.strip())
-    by_name = {s.get("function", s)["name"]: s.get("function", s) for s in (tool_schemas or [])}
     calls: list[ToolCall] = []
     rest = text
     while TOOL_CALL_OPEN in rest:
@@ -227,16 +277,9 @@ def parse_assistant_turn(text: str, tool_schemas: list[dict] | None = None,
             extra = sorted(set(call) - {"name", "arguments"})
             return _error("malformed_tool_call", f"unexpected keys in tool call: {extra}")
         name, arguments = call.get("name"), call.get("arguments", {})
-        if not isinstance(name, str) or not name:
-            return _error("malformed_tool_call", "tool call needs a string 'name'")
-        if not isinstance(arguments, dict):
-            return _error("malformed_tool_call", "'arguments' must be a JSON object")
-        if by_name:
-            if name not in by_name:
-                return _error("unknown_tool", f"unknown tool {name!r}")
-            problem = _check_arguments({"name": name, "arguments": arguments}, by_name)
-            if problem:
-                return _error("invalid_arguments", problem)
+        problem = check_call(name, arguments, tool_schemas)
+        if problem:
+            return ParsedTurn(error={"error": problem})
         calls.append(ToolCall(name, arguments))
         rest = rest[end + len(TOOL_CALL_CLOSE):]
         next_open = rest.find(TOOL_CALL_OPEN)
@@ -277,8 +320,9 @@ def to_openai_messages(messages: list[dict]) -> list[dict]:
         if m["role"] == "assistant":
             parsed = parse_assistant_turn(m["content"], max_calls=64)
             if parsed.calls:
-                text = m["content"][:m["content"].find("<tool_call>")].strip()
-                pending_ids = [f"call_{i}_{j}" for j in range(len(parsed.calls))]
+                think, reply = split_think(m["content"])  # calls in <think> are no calls
+                text = (think + reply[:reply.find(TOOL_CALL_OPEN)]).strip()
+                pending_ids = [f"call{i:03d}{j:02d}" for j in range(len(parsed.calls))]  # 9 chars, as Mistral wants
                 out.append({"role": "assistant", "content": text or None, "tool_calls": [
                     {"id": cid, "type": "function",
                      "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from stagent_ray.models.chat_format import IM_END, SPECIAL_TOKENS, format_tool_call
+from stagent_ray.models.chat_format import IM_END, PROJECT_TEMPLATE, SPECIAL_TOKENS, format_tool_call
 
 # Text every tokenizer must cover well, whatever the world holds: digits, dates, times,
 # coordinates and the JSON of tool calls.
@@ -38,7 +38,9 @@ def train_tokenizer(texts: list[str], vocab_size: int = 4096) -> PreTrainedToken
                                   show_progress=False)
     tok.train_from_iterator(texts + [format_tool_call("t", {"a": 1})], trainer=trainer)
     # padding_side must go to the constructor: an attribute set later is not saved.
+    # The project's format as its chat template: apply_chat_template, vLLM and TGI render
+    # what the project renders.
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token=IM_END, pad_token="<|endoftext|>",
         additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in (IM_END, "<|endoftext|>")],
-        padding_side="left")
+        padding_side="left", chat_template=PROJECT_TEMPLATE)

@@ -26,9 +26,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from stagent_ray.config import AgentConfig
-from stagent_ray.models.chat_format import (DEFAULT_SYSTEM_PROMPT, IM_END, TOOL_CALL_CLOSE,
-                                            ParsedTurn, format_tool_response, prompt_tools, parse_assistant_turn,
-                                            render_ids, tool_response_ids)
+from stagent_ray.models.chat_format import (DEFAULT_SYSTEM_PROMPT, TOOL_CALL_CLOSE, ParsedTurn,
+                                            format_tool_response, parse_assistant_turn,
+                                            prompt_tools)
+from stagent_ray.models.formats import format_for, single_token
 from stagent_ray.rollout.engine import SamplingParams, TokenEngine, derive_seed, prompt_seeds
 
 
@@ -75,6 +76,16 @@ def initial_messages(query_text: str, system_prompt: str | None = None) -> list[
             {"role": "user", "content": query_text}]
 
 
+def check_prompt_budget(prompt_tokens: int, max_tokens: int, what: str) -> None:
+    """A prompt that fills the trajectory's budget leaves the model no turn: fail, naming
+    both numbers, instead of ending every episode at once with zero turns."""
+    if prompt_tokens >= max_tokens:
+        raise ValueError(
+            f"the prompt (system + tools + query) of {what} is {prompt_tokens} tokens, and "
+            f"agent.max_tokens is {max_tokens}: raise agent.max_tokens, or shorten the tool "
+            "prompt (agent.tool_prompt=compact or none)")
+
+
 def _is_error(result) -> bool:
     return isinstance(result, dict) and "error" in result
 
@@ -119,11 +130,14 @@ async def run_episodes_async(engine, executor, queries, sampling: SamplingParams
                              agent: AgentConfig, fault_key: str = "",
                              seeds: list[int] | None = None) -> list[Trajectory]:
     tok = engine.tokenizer
+    fmt = format_for(tok, agent)
     schemas = executor.schemas()
-    im_end = tok.convert_tokens_to_ids(IM_END)
-    call_close = tok.convert_tokens_to_ids(TOOL_CALL_CLOSE)
-    # With one call per turn the turn may end at </tool_call>; the loop closes it.
-    stops = [im_end] + ([call_close] if agent.max_calls_per_turn == 1 else [])
+    shown = prompt_tools(schemas, agent.tool_prompt)
+    # With one call per turn the turn may end at </tool_call> (when it is one token); the
+    # loop then closes the turn with the end-of-turn token.
+    call_close = single_token(tok, TOOL_CALL_CLOSE) if fmt.parser == "hermes" else None
+    stops = fmt.stop_ids + ([call_close] if agent.max_calls_per_turn == 1 and call_close
+                            is not None else [])
     sampling = SamplingParams(**{**asdict(sampling), "stop_token_ids": stops})
     seeds = seeds if seeds is not None else prompt_seeds(sampling, len(queries))
     start = time.perf_counter()
@@ -131,8 +145,8 @@ async def run_episodes_async(engine, executor, queries, sampling: SamplingParams
     trajs = []
     for query_id, text in queries:
         messages = initial_messages(text, agent.system_prompt)
-        ids, _ = render_ids(tok, messages, prompt_tools(schemas, agent.tool_prompt),
-                            add_generation_prompt=True)
+        ids, _ = fmt.render_ids(messages, shown, add_generation_prompt=True)
+        check_prompt_budget(len(ids), agent.max_tokens, query_id)
         trajs.append(Trajectory(query_id, messages, len(ids), ids, [0.0] * len(ids),
                                 [0] * len(ids), fault_key=f"{fault_key}/{len(trajs)}:{query_id}"))
 
@@ -155,9 +169,10 @@ async def run_episodes_async(engine, executor, queries, sampling: SamplingParams
                 t.logprobs += gen.logprobs
                 t.loss_mask += [1] * len(gen.token_ids)
                 t.num_turns += 1
-                text = tok.decode([x for x in gen.token_ids if x != im_end],
+                text = tok.decode([x for x in gen.token_ids if x not in fmt.stop_ids],
                                   skip_special_tokens=False)
-                t.messages.append({"role": "assistant", "content": text})
+                message = {"role": "assistant", "content": text}
+                t.messages.append(message)
                 if gen.finish_reason == "length":
                     if len(t.token_ids) >= agent.max_tokens:
                         break
@@ -165,7 +180,8 @@ async def run_episodes_async(engine, executor, queries, sampling: SamplingParams
                         "type": "turn_too_long",
                         "message": "the turn hit max_new_tokens before ending"}})
                 else:
-                    parsed = parse_assistant_turn(text, schemas, agent.max_calls_per_turn)
+                    parsed = fmt.parse(text, schemas, agent.max_calls_per_turn)
+                    message["content"] = fmt.canonical(text, parsed)
                     if parsed.is_final:
                         return finish(t, "answer")
                 if t.num_turns >= agent.max_turns:
@@ -173,8 +189,8 @@ async def run_episodes_async(engine, executor, queries, sampling: SamplingParams
                 contents, = await observe_turns(executor, [(t, parsed)])
                 # Close the assistant turn if generation stopped at </tool_call>, then the tool
                 # turn and the next assistant header: all context, none of it trained on.
-                extra = (([] if t.token_ids[-1] == im_end else [im_end])
-                         + tool_response_ids(tok, contents))
+                extra = (([] if t.token_ids[-1] in fmt.stop_ids else [fmt.turn_end_id])
+                         + fmt.tool_response_ids(t.messages, shown, contents))
                 t.token_ids += extra
                 t.logprobs += [0.0] * len(extra)
                 t.loss_mask += [0] * len(extra)
@@ -223,9 +239,10 @@ async def _run_message_episodes(engine, executor, queries, agent, seeds, tokeniz
         await observe_turns(executor, pending)
         running = [i for i in running if not trajs[i].stop_reason]
     if tokenizer is not None:
+        fmt = format_for(tokenizer, agent)
         for t in trajs:
-            t.token_ids, t.loss_mask = render_ids(tokenizer, t.messages,
-                                                  prompt_tools(schemas, agent.tool_prompt))
+            t.token_ids, t.loss_mask = fmt.render_ids(t.messages,
+                                                      prompt_tools(schemas, agent.tool_prompt))
             t.logprobs = [0.0] * len(t.token_ids)
             t.prompt_len = t.loss_mask.index(1) if 1 in t.loss_mask else len(t.loss_mask)
     return trajs

@@ -14,7 +14,6 @@ import uuid
 from fastapi import FastAPI, HTTPException, Request
 from ray import serve
 
-from stagent_ray.models.chat_format import IM_END, parse_assistant_turn, render_ids
 from stagent_ray.models.chat_format import from_openai_messages
 
 app = FastAPI()
@@ -24,12 +23,14 @@ app = FastAPI()
 @serve.ingress(app)
 class OpenAIIngress:
     def __init__(self, policy, model_path: str, model_name: str = "stagent",
-                 api_key=None, max_new_tokens: int = 512):
+                 api_key=None, max_new_tokens: int = 512, agent=None):
+        from stagent_ray.config import AgentConfig
         from stagent_ray.models.build import load_tokenizer
+        from stagent_ray.models.formats import format_for
 
         self.policy, self.model_name = policy, model_name
         self.tokenizer = load_tokenizer(model_path)
-        self.im_end = self.tokenizer.convert_tokens_to_ids(IM_END)
+        self.format = format_for(self.tokenizer, agent or AgentConfig())  # the model's own
         self.api_key = api_key or None
         self.max_new_tokens = max_new_tokens
 
@@ -57,20 +58,21 @@ class OpenAIIngress:
         if body.get("stream"):
             raise HTTPException(status_code=400, detail="stream=true is not supported")
         tools = body.get("tools") or None
-        prompt, _ = render_ids(self.tokenizer, messages, tools, add_generation_prompt=True)
+        prompt, _ = self.format.render_ids(messages, tools, add_generation_prompt=True)
         temperature = float(body.get("temperature", 1.0))
         sampling = {"temperature": temperature, "top_p": float(body.get("top_p", 1.0)),
                     "top_k": 0, "seed": body.get("seed"),
                     "max_new_tokens": int(body.get("max_tokens") or body.get(
                         "max_completion_tokens") or self.max_new_tokens),
-                    "stop_token_ids": [self.im_end]}
+                    "stop_token_ids": self.format.stop_ids}
         gen = await self.policy.generate_one.remote((prompt, sampling))
-        ids = [i for i in gen["token_ids"] if i != self.im_end]
+        ids = [i for i in gen["token_ids"] if i not in self.format.stop_ids]
         text = self.tokenizer.decode(ids, skip_special_tokens=False)
-        parsed = parse_assistant_turn(text, tools, max_calls=16)
+        parsed = self.format.parse(text, tools, max_calls=16)
         message = {"role": "assistant", "content": text}
         finish = "stop" if gen["finish_reason"] == "stop" else "length"
         if parsed.calls:
+            text = self.format.canonical(text, parsed)
             head = text[:text.find("<tool_call>")].strip()
             message = {"role": "assistant", "content": head or None, "tool_calls": [
                 {"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function",

@@ -282,6 +282,31 @@ def warn_if_unschedulable(cpus: float, gpus: float) -> None:
                            "now (waiting for an autoscaler?)", field, need, have.get(key, 0), key)
 
 
+def check_prompts_fit(cfg, engine, query_rows: list[dict]) -> None:
+    """Fail at stage start when the longest query's first prompt (system + tools + query,
+    in the model's format) leaves no room under `agent.max_tokens`."""
+    if engine.kind not in ("hf", "vllm") or not engine.model or not query_rows:
+        return
+    from stagent_ray.models.build import load_tokenizer
+    from stagent_ray.models.chat_format import prompt_tools
+    from stagent_ray.models.formats import format_for
+    from stagent_ray.rollout.agent_loop import check_prompt_budget, initial_messages
+    from stagent_ray.train.common import local_model_dir
+    from stagent_ray.world.backends import executor_from_config
+
+    longest = max(query_rows, key=lambda q: len(q["text"]))
+    executor = executor_from_config(cfg.world)
+    try:
+        shown = prompt_tools(executor.schemas(), cfg.agent.tool_prompt)
+    finally:
+        if hasattr(executor.backend, "close"):
+            executor.backend.close()
+    fmt = format_for(load_tokenizer(local_model_dir(engine.model)), cfg.agent)
+    ids, _ = fmt.render_ids(initial_messages(longest["text"], cfg.agent.system_prompt), shown,
+                            add_generation_prompt=True)
+    check_prompt_budget(len(ids), cfg.agent.max_tokens, f"query {longest['query_id']}")
+
+
 def policy_engine(cfg, model_path: str):
     """The in-actor engine (an EngineConfig) for a policy checkpoint: `cfg.policy` with its
     model set."""
@@ -320,6 +345,7 @@ def rollout_checkpoints(cfg, query_rows: list[dict], engines: dict, n: int, salt
                          f"that differ only in 'model': {engines}")
     # a policy engine may hold a GPU (rollout.gpus_per_actor); teachers never do here
     num_gpus = r.gpus_per_actor if engine.kind in ("hf", "vllm") and not serve_app else 0
+    check_prompts_fit(cfg, engine, query_rows)
     items, n_todo = [], {}
     for parts_dir, spec in engines.items():  # in order: each actor switches model rarely
         done = done_query_ids(run_dir, parts_dir)

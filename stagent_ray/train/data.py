@@ -18,12 +18,11 @@ import json
 
 import numpy as np
 
-from stagent_ray.models.chat_format import render_ids
 
-
-def tokenize_rows(rows: list[dict], tokenizer, tool_schemas: list[dict] | None,
+def tokenize_rows(rows: list[dict], fmt, tool_schemas: list[dict] | None,
                   seq_len: int) -> tuple[list[tuple[list[int], list[int]]], dict]:
-    """Render each row's `messages` (a JSON string or a list) to (ids, loss_mask).
+    """Render each row's `messages` (a JSON string or a list) to (ids, loss_mask) in the
+    model's chat format (`fmt`: models/formats.py).
 
     A trajectory longer than seq_len + 1 tokens is cut at the end (the +1 is the token the
     last input predicts); one left with no assistant token to learn is dropped. Returns the
@@ -35,7 +34,7 @@ def tokenize_rows(rows: list[dict], tokenizer, tool_schemas: list[dict] | None,
         messages = row["messages"]
         if isinstance(messages, str):
             messages = json.loads(messages)
-        ids, mask = render_ids(tokenizer, messages, tool_schemas)
+        ids, mask = fmt.render_ids(messages, tool_schemas)
         stats["shortest"] = min(stats["shortest"] or len(ids), len(ids))
         if len(ids) > seq_len + 1:
             ids, mask = ids[:seq_len + 1], mask[:seq_len + 1]

@@ -388,8 +388,10 @@ def run_sft(cfg, stage: str, data_relative: str, init_checkpoint: str,
         finally:
             if hasattr(executor.backend, "close"):  # MCP: a server process and a loop thread
                 executor.backend.close()
-    samples, stats = tokenize_rows(read_table(run_dir, data_relative), tokenizer, tool_schemas,
-                                   sft.seq_len)
+    from stagent_ray.models.formats import format_for
+
+    samples, stats = tokenize_rows(read_table(run_dir, data_relative),
+                                   format_for(tokenizer, cfg.agent), tool_schemas, sft.seq_len)
     if not samples:
         raise ValueError(f"{stage}: no trainable trajectory in {data_relative}: {stats}. Every "
                          f"one was cut at seq_len={sft.seq_len} before its first assistant "
