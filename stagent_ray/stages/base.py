@@ -1,6 +1,8 @@
 """Stage `base`: the model the cascade starts from.
 
-A hub id or local path (`model.name_or_path`) is used as it is. The embedded default
+A hub id or local path (`model.name_or_path`) is used as it is; a name that
+`stagent-ray models` knows (`smollm2-135m`) is its converted directory, converted here if
+it is not yet (models/pretrained.py). The embedded default
 (`tiny`) is built here, nothing downloaded: a byte-level BPE tokenizer trained on the
 world's text (tool schemas, the world itself, query texts and oracle trajectories) and a
 small Qwen3-architecture model from `model:`. With `pretrain.docs` > 0 it is first trained
@@ -54,6 +56,10 @@ def base_checkpoint_path(cfg) -> str:
     """Where the base model is: the user's model, or ckpt/base of the run."""
     from stagent_ray.runio import run_path
 
+    from stagent_ray.models.pretrained import KNOWN, model_path
+
+    if cfg.model.name_or_path in KNOWN:
+        return model_path(cfg.model.name_or_path)
     if cfg.model.name_or_path != "tiny":
         return cfg.model.name_or_path
     return run_path(cfg.run_dir, "ckpt/base")
@@ -64,7 +70,11 @@ def run_base(cfg) -> dict:
 
     run_dir = cfg.run_dir
     if cfg.model.name_or_path != "tiny":
-        return {"model": cfg.model.name_or_path, "built": False}
+        from stagent_ray.models.pretrained import KNOWN, convert
+
+        if cfg.model.name_or_path in KNOWN:
+            convert(cfg.model.name_or_path)  # once; a no-op when it is there
+        return {"model": base_checkpoint_path(cfg), "built": False}
     if exists(run_dir, "ckpt/base/config.json"):
         return {"model": base_checkpoint_path(cfg), "built": False}
     if not cfg.pretrain.docs:
