@@ -193,6 +193,12 @@ def test_real_smollm2_tokenizer_markers_are_text_not_unknown_stops():
     from stagent_ray.models.formats import format_for
     from stagent_ray.models.pretrained import convert
 
+    from stagent_ray.config import Config
+    from stagent_ray.stages.base import run_base
+
+    cfg = Config()
+    cfg.model.name_or_path = "smollm2-135m"  # a name `stagent-ray models` knows
+    assert run_base(cfg) == {"model": convert("smollm2-135m"), "built": False}
     tok = load_tokenizer(convert("smollm2-135m"))
     assert tok.convert_tokens_to_ids("</tool_call>") == tok.unk_token_id == 0
     fmt = format_for(tok, AgentConfig())
@@ -224,6 +230,13 @@ def test_no_template_gets_the_project_format_and_a_warning():
     with pytest.raises(ValueError, match="no chat template"):
         chat_format(tok, agent())
     # a vocabulary without <|im_end|> (a base model's): the project format could not stop
+    base = base_model_tokenizer()
+    with pytest.raises(ValueError, match="needs '<\\|im_end\\|>' as one token"):
+        chat_format(base, AgentConfig())
+
+
+def base_model_tokenizer():
+    """A base model's tokenizer: no chat template, no ChatML tokens, EOS `</s>`."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -232,6 +245,29 @@ def test_no_template_gets_the_project_format_and_a_warning():
     raw.train_from_iterator(SYNTAX_LINES, trainers.BpeTrainer(
         vocab_size=300, special_tokens=["</s>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    base = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>")
-    with pytest.raises(ValueError, match="needs '<\\|im_end\\|>' as one token"):
-        chat_format(base, AgentConfig())
+    return PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>")
+
+
+def test_a_base_model_without_template_gets_the_markers_as_tokens(tmp_path):
+    """The base stage adds the project's markers to such a model (embeddings resized) and
+    every later checkpoint starts from that."""
+    from stagent_ray.config import Config, ModelConfig
+    from stagent_ray.models.build import build_tiny_model, load_model, load_tokenizer, save_checkpoint
+    from stagent_ray.stages.base import run_base
+
+    tok = base_model_tokenizer()
+    small = ModelConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+                        num_kv_heads=1)
+    save_checkpoint(build_tiny_model(small, tok), tok, str(tmp_path / "user_model"))
+    cfg = Config(run_dir=str(tmp_path / "run"))
+    cfg.model.name_or_path = str(tmp_path / "user_model")
+    with pytest.warns(UserWarning, match="markers added as tokens"):
+        out = run_base(cfg)
+    assert out == {"model": str(tmp_path / "run/ckpt/base"), "built": True}
+    tok2, model = load_tokenizer(out["model"]), load_model(out["model"])
+    assert len(tok2) == len(tok) + 7 and model.get_input_embeddings().weight.shape[0] == len(tok2)
+    fmt = chat_format(tok2, AgentConfig())
+    assert fmt.renderer == "project" and fmt.stop_ids[0] == tok2.convert_tokens_to_ids("<|im_end|>")
+    ids, mask = fmt.render_ids(conversation(), SCHEMAS)
+    assert tok2.decode([i for i, m in zip(ids, mask) if m]).count("<|im_end|>") == 3
+    assert run_base(cfg) == {"model": out["model"], "built": False}  # once

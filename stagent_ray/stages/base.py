@@ -52,16 +52,44 @@ def build_base_checkpoint(out_dir: str, model_cfg, world_cfg, seed: int = 0) -> 
     return out_dir
 
 
-def base_checkpoint_path(cfg) -> str:
-    """Where the base model is: the user's model, or ckpt/base of the run."""
-    from stagent_ray.runio import run_path
+def with_project_markers(src: str, out_dir: str) -> bool:
+    """A model whose tokenizer has no chat template and no `<|im_end|>` token (a base model,
+    not an instruct one) cannot stop a turn in the project's format. Add the format's markers
+    as special tokens, resize the embeddings (new rows start at the mean of the old ones),
+    and save the result to `out_dir` (later checkpoints keep the tokens). True when it did."""
+    import warnings
 
+    from stagent_ray.models.build import load_model, load_tokenizer, save_checkpoint
+    from stagent_ray.models.chat_format import IM_END, PROJECT_TEMPLATE, SPECIAL_TOKENS
+    from stagent_ray.models.formats import single_token
+    from stagent_ray.train.common import local_model_dir
+
+    tokenizer = load_tokenizer(local_model_dir(src))
+    if tokenizer.chat_template or single_token(tokenizer, IM_END) is not None:
+        return False
+    added = tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS})
+    tokenizer.chat_template = PROJECT_TEMPLATE
+    tokenizer.eos_token = IM_END  # a turn ends there
+    model = load_model(local_model_dir(src))
+    model.resize_token_embeddings(len(tokenizer))
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    save_checkpoint(model, tokenizer, out_dir)
+    warnings.warn(f"stagent-ray: {src} has no chat template: the project's format, with its "
+                  f"{added} markers added as tokens (embeddings resized) in {out_dir}",
+                  stacklevel=2)
+    return True
+
+
+def base_checkpoint_path(cfg) -> str:
+    """Where the base model is: the user's model, or ckpt/base of the run (the tiny model,
+    or the user's with the project's markers added)."""
     from stagent_ray.models.pretrained import KNOWN, model_path
+    from stagent_ray.runio import exists, run_path
 
     if cfg.model.name_or_path in KNOWN:
         return model_path(cfg.model.name_or_path)
-    if cfg.model.name_or_path != "tiny":
-        return cfg.model.name_or_path
+    if cfg.model.name_or_path != "tiny" and not exists(cfg.run_dir, "ckpt/base/config.json"):
+        return cfg.model.name_or_path  # the user's model as it is (see with_project_markers)
     return run_path(cfg.run_dir, "ckpt/base")
 
 
@@ -74,6 +102,9 @@ def run_base(cfg) -> dict:
 
         if cfg.model.name_or_path in KNOWN:
             convert(cfg.model.name_or_path)  # once; a no-op when it is there
+        elif not exists(run_dir, "ckpt/base/config.json"):
+            added = with_project_markers(cfg.model.name_or_path, run_path(run_dir, "ckpt/base"))
+            return {"model": base_checkpoint_path(cfg), "built": added}
         return {"model": base_checkpoint_path(cfg), "built": False}
     if exists(run_dir, "ckpt/base/config.json"):
         return {"model": base_checkpoint_path(cfg), "built": False}
