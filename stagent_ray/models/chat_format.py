@@ -192,7 +192,7 @@ class ParsedTurn:
         return self.error is None and not self.calls
 
 
-def _error(kind: str, message: str) -> ParsedTurn:
+def error_turn(kind: str, message: str) -> ParsedTurn:
     return ParsedTurn(error={"error": {"type": kind, "message": message}})
 
 
@@ -251,11 +251,11 @@ def parse_assistant_turn(text: str, tool_schemas: list[dict] | None = None,
     text = split_think(text.replace(IM_END, ""))[1]
     if TOOL_CALL_OPEN not in text:
         if TOOL_CALL_CLOSE in text:
-            return _error("malformed_tool_call", "found </tool_call> without <tool_call>")
+            return error_turn("malformed_tool_call", "found </tool_call> without <tool_call>")
         if TOOL_RESPONSE_OPEN in text or TOOL_RESPONSE_CLOSE in text:
-            return _error("malformed_turn", "the assistant may not write <tool_response> blocks")
+            return error_turn("malformed_turn", "the assistant may not write <tool_response> blocks")
         if not text.strip():
-            return _error("empty_answer", "the assistant turn is empty")
+            return error_turn("empty_answer", "the assistant turn is empty")
         return ParsedTurn(answer=text.strip())
     calls: list[ToolCall] = []
     rest = text
@@ -263,19 +263,19 @@ def parse_assistant_turn(text: str, tool_schemas: list[dict] | None = None,
         start = rest.index(TOOL_CALL_OPEN) + len(TOOL_CALL_OPEN)
         end = rest.find(TOOL_CALL_CLOSE, start)
         if end < 0:
-            return _error("unterminated_tool_call", "<tool_call> block is not closed")
+            return error_turn("unterminated_tool_call", "<tool_call> block is not closed")
         body = rest[start:end]
         if TOOL_CALL_OPEN in body:
-            return _error("malformed_tool_call", "nested <tool_call> inside a block")
+            return error_turn("malformed_tool_call", "nested <tool_call> inside a block")
         try:
             call = json.loads(body)
         except (json.JSONDecodeError, RecursionError) as exc:
-            return _error("invalid_json", f"tool call is not valid JSON: {str(exc)[:120]}")
+            return error_turn("invalid_json", f"tool call is not valid JSON: {str(exc)[:120]}")
         if not isinstance(call, dict):
-            return _error("invalid_json", "tool call must be a JSON object")
+            return error_turn("invalid_json", "tool call must be a JSON object")
         if set(call) - {"name", "arguments"}:
             extra = sorted(set(call) - {"name", "arguments"})
-            return _error("malformed_tool_call", f"unexpected keys in tool call: {extra}")
+            return error_turn("malformed_tool_call", f"unexpected keys in tool call: {extra}")
         name, arguments = call.get("name"), call.get("arguments", {})
         problem = check_call(name, arguments, tool_schemas)
         if problem:
@@ -284,13 +284,13 @@ def parse_assistant_turn(text: str, tool_schemas: list[dict] | None = None,
         rest = rest[end + len(TOOL_CALL_CLOSE):]
         next_open = rest.find(TOOL_CALL_OPEN)
         if TOOL_CALL_CLOSE in rest[:next_open if next_open >= 0 else None]:
-            return _error("malformed_tool_call", "stray </tool_call>")
+            return error_turn("malformed_tool_call", "stray </tool_call>")
         if rest.strip() and TOOL_CALL_OPEN not in rest:
-            return _error("text_after_tool_call", "text follows the last </tool_call>")
+            return error_turn("text_after_tool_call", "text follows the last </tool_call>")
         if TOOL_CALL_OPEN in rest and rest[:rest.index(TOOL_CALL_OPEN)].strip():
-            return _error("text_after_tool_call", "text between tool calls")
+            return error_turn("text_after_tool_call", "text between tool calls")
     if len(calls) > max_calls:
-        return _error("too_many_tool_calls",
+        return error_turn("too_many_tool_calls",
                       f"{len(calls)} tool calls in one turn; at most {max_calls} allowed")
     return ParsedTurn(calls=calls)
 

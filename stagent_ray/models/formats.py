@@ -27,11 +27,12 @@ import re
 import warnings
 from dataclasses import dataclass, field
 
-from stagent_ray.models.chat_format import (IM_END, TOOL_CALL_CLOSE, TOOL_RESPONSE_CLOSE,
-                                            TOOL_RESPONSE_OPEN, ParsedTurn, ToolCall,
-                                            check_call, format_tool_call, parse_assistant_turn,
-                                            render_text_segments, split_think, to_openai_messages,
-                                            tool_response_ids, tools_system_block)
+from stagent_ray.models.chat_format import (IM_END, PROJECT_TEMPLATE, TOOL_CALL_CLOSE,
+                                            TOOL_RESPONSE_CLOSE, TOOL_RESPONSE_OPEN, ParsedTurn,
+                                            ToolCall, check_call, error_turn, format_tool_call,
+                                            parse_assistant_turn, render_text_segments,
+                                            split_think, to_openai_messages, tool_response_ids,
+                                            tools_system_block)
 
 # ---------------------------------------------------------------- parsers: text -> calls
 
@@ -46,22 +47,20 @@ def _json_calls(payload: str, args_key: str, tool_schemas, max_calls: int) -> Pa
     try:
         value = json.loads(payload)
     except (json.JSONDecodeError, RecursionError) as exc:
-        return ParsedTurn(error={"error": {"type": "invalid_json",
-                                           "message": f"tool call is not valid JSON: {str(exc)[:120]}"}})
+        return error_turn("invalid_json", f"tool call is not valid JSON: {str(exc)[:120]}")
     items = value if isinstance(value, list) else [value]
     calls = []
     for item in items:
         if not isinstance(item, dict) or "name" not in item:
-            return ParsedTurn(error={"error": {"type": "malformed_tool_call",
-                                               "message": "a tool call is a JSON object with 'name'"}})
+            return error_turn("malformed_tool_call", "a tool call is a JSON object with 'name'")
         arguments = item.get(args_key, item.get("arguments", {}))
         problem = check_call(item["name"], arguments, tool_schemas)
         if problem:
             return ParsedTurn(error={"error": problem})
         calls.append(ToolCall(item["name"], arguments))
     if len(calls) > max_calls:
-        return ParsedTurn(error={"error": {"type": "too_many_tool_calls", "message":
-                                           f"{len(calls)} tool calls in one turn; at most {max_calls} allowed"}})
+        return error_turn("too_many_tool_calls",
+                          f"{len(calls)} tool calls in one turn; at most {max_calls} allowed")
     return ParsedTurn(calls=calls)
 
 
@@ -82,8 +81,7 @@ def parse_mistral(text: str, tool_schemas, max_calls: int) -> ParsedTurn:
         return parse_assistant_turn(text, tool_schemas, max_calls)
     before, payload = body.split("[TOOL_CALLS]", 1)
     if before.strip():
-        return ParsedTurn(error={"error": {"type": "text_before_tool_call",
-                                           "message": "text precedes [TOOL_CALLS]"}})
+        return error_turn("text_before_tool_call", "text precedes [TOOL_CALLS]")
     return _json_calls(payload.replace("</s>", "").strip(), "arguments", tool_schemas, max_calls)
 
 
@@ -120,6 +118,7 @@ class ChatFormat:
     enable_thinking: bool = False
     train_thinking: bool = True
     turn_end_id: int | None = None  # appended when a turn stopped on another stop token
+    call_close_id: int | None = None  # </tool_call> when hermes writes it as one token
     notes: list[str] = field(default_factory=list)  # what was chosen and why (warnings)
 
     # ---- parsing generated text
@@ -174,19 +173,19 @@ class ChatFormat:
                 out.append(m)
             return out
         out = []
-        for m in messages:  # the project's tool prompt, in the model's own role markup
+        for i, m in enumerate(messages):  # the project's tool prompt, in the model's markup
             if m["role"] == "system" and not out and tool_schemas:
                 out.append({"role": "system",
                             "content": f"{m['content']}\n\n{tools_system_block(tool_schemas)}"})
-            elif m["role"] == "tool":
+            elif m["role"] == "tool":  # consecutive results share one user turn
                 block = f"{TOOL_RESPONSE_OPEN}\n{m['content']}\n{TOOL_RESPONSE_CLOSE}"
-                if out and out[-1].get("tool_results"):
-                    out[-1] = {**out[-1], "content": out[-1]["content"] + "\n" + block}
+                if i and messages[i - 1]["role"] == "tool":
+                    out[-1]["content"] += "\n" + block
                 else:
-                    out.append({"role": "user", "content": block, "tool_results": True})
+                    out.append({"role": "user", "content": block})
             else:
                 out.append({"role": m["role"], "content": m["content"]})
-        return [{k: v for k, v in m.items() if k != "tool_results"} for m in out]
+        return out
 
     def _render(self, conv, tool_schemas, generation: bool) -> str:
         kwargs = {"tools": tool_schemas or []} if self.tools_in_template else {}
@@ -269,8 +268,6 @@ def stop_token_ids(tokenizer, generation_config=None, extra: tuple[str, ...] = (
 
 def chat_format(tokenizer, agent, generation_config=None) -> ChatFormat:
     """The format for this tokenizer under `agent.chat_format` (auto | project | template)."""
-    from stagent_ray.models.chat_format import PROJECT_TEMPLATE
-
     template = getattr(tokenizer, "chat_template", None)
     mode = agent.chat_format
     notes = []
@@ -300,12 +297,13 @@ def chat_format(tokenizer, agent, generation_config=None) -> ChatFormat:
         stops = stop_token_ids(tokenizer, generation_config, end_markers)
         in_template = [i for i in stops if tokenizer.convert_ids_to_tokens(i) in template]
         turn_end = in_template[0] if in_template else stops[0]
-    call_close = single_token(tokenizer, TOOL_CALL_CLOSE)
+    call_close = single_token(tokenizer, TOOL_CALL_CLOSE) if parser == "hermes" else None
     if call_close is None and parser == "hermes":
         notes.append(f"{TOOL_CALL_CLOSE} is not one token: a call turn ends at the "
                      "end-of-turn token, and the markers are read as text")
     return ChatFormat(tokenizer, mode, parser, mode == "template" and template_takes_tools(template),
-                      stops, agent.enable_thinking, agent.train_thinking, turn_end, notes)
+                      stops, agent.enable_thinking, agent.train_thinking, turn_end, call_close,
+                      notes)
 
 
 _FORMATS: dict = {}

@@ -66,6 +66,8 @@ def convert(name: str) -> str:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+    from stagent_ray.models.build import save_checkpoint
+
     out = model_path(name)
     if is_ready(name):
         return out
@@ -82,13 +84,7 @@ def convert(name: str) -> str:
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id)
-    tmp = out + ".tmp"
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if os.path.exists(out):
-        import shutil
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    save_checkpoint(model, tokenizer, out)  # a temp dir, then renamed: never half-written
     return out
 
 

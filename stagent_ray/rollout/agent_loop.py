@@ -26,10 +26,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from stagent_ray.config import AgentConfig
-from stagent_ray.models.chat_format import (DEFAULT_SYSTEM_PROMPT, TOOL_CALL_CLOSE, ParsedTurn,
+from stagent_ray.models.chat_format import (DEFAULT_SYSTEM_PROMPT, ParsedTurn,
                                             format_tool_response, parse_assistant_turn,
                                             prompt_tools)
-from stagent_ray.models.formats import format_for, single_token
+from stagent_ray.models.formats import format_for
 from stagent_ray.rollout.engine import SamplingParams, TokenEngine, derive_seed, prompt_seeds
 
 
@@ -74,6 +74,19 @@ def sum_faults(fault_counts) -> dict:
 def initial_messages(query_text: str, system_prompt: str | None = None) -> list[dict]:
     return [{"role": "system", "content": system_prompt or DEFAULT_SYSTEM_PROMPT},
             {"role": "user", "content": query_text}]
+
+
+def shown_tool_schemas(world_cfg, tool_prompt: str) -> list[dict]:
+    """The tool list as the system prompt shows it (`agent.tool_prompt`), read from the
+    configured backend (an MCP backend is a server process and a loop thread: closed)."""
+    from stagent_ray.world.backends import executor_from_config
+
+    executor = executor_from_config(world_cfg)
+    try:
+        return prompt_tools(executor.schemas(), tool_prompt)
+    finally:
+        if hasattr(executor.backend, "close"):
+            executor.backend.close()
 
 
 def check_prompt_budget(prompt_tokens: int, max_tokens: int, what: str) -> None:
@@ -135,9 +148,8 @@ async def run_episodes_async(engine, executor, queries, sampling: SamplingParams
     shown = prompt_tools(schemas, agent.tool_prompt)
     # With one call per turn the turn may end at </tool_call> (when it is one token); the
     # loop then closes the turn with the end-of-turn token.
-    call_close = single_token(tok, TOOL_CALL_CLOSE) if fmt.parser == "hermes" else None
-    stops = fmt.stop_ids + ([call_close] if agent.max_calls_per_turn == 1 and call_close
-                            is not None else [])
+    stops = fmt.stop_ids + ([fmt.call_close_id] if agent.max_calls_per_turn == 1
+                            and fmt.call_close_id is not None else [])
     sampling = SamplingParams(**{**asdict(sampling), "stop_token_ids": stops})
     seeds = seeds if seeds is not None else prompt_seeds(sampling, len(queries))
     start = time.perf_counter()

@@ -284,24 +284,20 @@ def warn_if_unschedulable(cpus: float, gpus: float) -> None:
 
 def check_prompts_fit(cfg, engine, query_rows: list[dict]) -> None:
     """Fail at stage start when the longest query's first prompt (system + tools + query,
-    in the model's format) leaves no room under `agent.max_tokens`."""
-    if engine.kind not in ("hf", "vllm") or not engine.model or not query_rows:
+    in the model's format) leaves no room under `agent.max_tokens`. A checkpoint on object
+    storage is left to the actors' own check (agent_loop.check_prompt_budget): reading its
+    tokenizer here would copy the whole model down to the driver."""
+    if (engine.kind not in ("hf", "vllm") or not engine.model or "://" in engine.model
+            or not query_rows):
         return
     from stagent_ray.models.build import load_tokenizer
-    from stagent_ray.models.chat_format import prompt_tools
     from stagent_ray.models.formats import format_for
-    from stagent_ray.rollout.agent_loop import check_prompt_budget, initial_messages
-    from stagent_ray.train.common import local_model_dir
-    from stagent_ray.world.backends import executor_from_config
+    from stagent_ray.rollout.agent_loop import (check_prompt_budget, initial_messages,
+                                                shown_tool_schemas)
 
     longest = max(query_rows, key=lambda q: len(q["text"]))
-    executor = executor_from_config(cfg.world)
-    try:
-        shown = prompt_tools(executor.schemas(), cfg.agent.tool_prompt)
-    finally:
-        if hasattr(executor.backend, "close"):
-            executor.backend.close()
-    fmt = format_for(load_tokenizer(local_model_dir(engine.model)), cfg.agent)
+    shown = shown_tool_schemas(cfg.world, cfg.agent.tool_prompt)
+    fmt = format_for(load_tokenizer(engine.model), cfg.agent)
     ids, _ = fmt.render_ids(initial_messages(longest["text"], cfg.agent.system_prompt), shown,
                             add_generation_prompt=True)
     check_prompt_budget(len(ids), cfg.agent.max_tokens, f"query {longest['query_id']}")

@@ -379,15 +379,9 @@ def run_sft(cfg, stage: str, data_relative: str, init_checkpoint: str,
     init = _resolve(run_dir, init_checkpoint)
     tokenizer = load_tokenizer(local_model_dir(init))
     if tool_schemas is None:  # the tools as the rollouts show them (agent.tool_prompt)
-        from stagent_ray.models.chat_format import prompt_tools
-        from stagent_ray.world.backends import executor_from_config
+        from stagent_ray.rollout.agent_loop import shown_tool_schemas
 
-        executor = executor_from_config(cfg.world)
-        try:
-            tool_schemas = prompt_tools(executor.schemas(), cfg.agent.tool_prompt)
-        finally:
-            if hasattr(executor.backend, "close"):  # MCP: a server process and a loop thread
-                executor.backend.close()
+        tool_schemas = shown_tool_schemas(cfg.world, cfg.agent.tool_prompt)
     from stagent_ray.models.formats import format_for
 
     samples, stats = tokenize_rows(read_table(run_dir, data_relative),
