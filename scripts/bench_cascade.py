@@ -10,6 +10,7 @@ once, with the first seed, in <run_dir>/base, and every seed starts from that ba
   oracle    the world's scripted expert without noise: the ceiling (it reads the query's
             slots, not its text, so no model on text alone can be expected to reach it)
   teacher   the teacher itself (the oracle with its noise on), the bar to reach
+  zero_shot the base model before any training (with --zero-shot: for a pretrained base)
   sft0      SFT-0 on the tiny teacher set
   sft1      SFT-1: SFT-0 further trained on the certain QAs (the recipe)
   sft1_all  SFT-1': the same, on every scored query's best verified trajectory (all
@@ -71,9 +72,10 @@ from stagent_ray.runio import (exists, read_json, read_jsonl, read_table, run_pa
 from stagent_ray.stages.base import run_base  # noqa: E402
 from stagent_ray.stages.evaluate import final_answer  # noqa: E402
 
-ROWS = ["oracle", "teacher", "sft0", "sft1", "sft1_all", "rl", "rl_all", "rl_sft0"]
+ROWS = ["oracle", "teacher", "zero_shot", "sft0", "sft1", "sft1_all", "rl", "rl_all", "rl_sft0"]
 ABLATIONS = ["sft1_all", "rl_all", "rl_sft0"]
 SCRIPTED = ["oracle", "teacher"]  # rows that sample once (no checkpoint)
+UNTRAINED = SCRIPTED + ["zero_shot"]  # rows without a training history
 # the eval sets every row answers: pool cities, no shared answer; no shared entity either
 EVAL_SETS = ["eval", "eval_entities"]
 METRICS = ["verified", "rubric", "reward", "unsolved_accuracy"]
@@ -189,7 +191,9 @@ def evaluate_rows(cfg, log, names: list[str], eval_set: str = "eval") -> None:
     (it reads the query's slots, not its text), every checkpoint answers greedily (one pool
     of rollout actors for all of them). On the first eval set the pipeline's eval stage did
     some."""
+    from stagent_ray.stages.base import base_checkpoint_path
     from stagent_ray.stages.evaluate import checkpoint_engine, evaluate_models
+    from stagent_ray.stages.rollouts import policy_engine
 
     run_dir = cfg.run_dir
     queries = read_table(run_dir, f"data/{eval_set}.parquet")
@@ -204,7 +208,9 @@ def evaluate_rows(cfg, log, names: list[str], eval_set: str = "eval") -> None:
             and not exists(run_dir, f"{eval_set}/{n}_greedy_trajectories.parquet")]
     if todo:
         log(f"[{eval_set} {' '.join(todo)}] running")
-        evaluate_models(cfg, {n: checkpoint_engine(cfg, n) for n in todo}, queries,
+        engines = {n: policy_engine(cfg, base_checkpoint_path(cfg)) if n == "zero_shot"
+                   else checkpoint_engine(cfg, n) for n in todo}
+        evaluate_models(cfg, engines, queries,
                         [("greedy", 0.0, 1)], out_dir=eval_set)
 
 
@@ -374,7 +380,7 @@ def plot(rows: dict, path: str, title: str) -> None:
     hi = [rows[n]["overall"]["verified"]["ci95"][1] - m for n, m in zip(names, means)]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.bar(names, means, yerr=[lo, hi], capsize=4,
-           color=["#888" if n in SCRIPTED else "#4c72b0" if "_" not in n else "#dd8452"
+           color=["#888" if n in UNTRAINED else "#4c72b0" if "_" not in n else "#dd8452"
                   for n in names])
     ax.set_ylabel("verified rate (eval set)")
     ax.set_ylim(0, 1)
@@ -396,6 +402,8 @@ def main() -> None:
                     help="also evaluate every row on a second eval set of N new queries a "
                          "family (in neither the pool nor the first eval set) and build the "
                          "table from it; the first set's differences are kept beside it")
+    ap.add_argument("--zero-shot", action="store_true",
+                    help="also evaluate the base model before any training (a pretrained base)")
     ap.add_argument("--redo-rl", action="store_true",
                     help="train RL (remeasure, rl and the RL ablations) again from each seed's "
                          "SFT-1, e.g. with other rl.* overrides; earlier stages are kept")
@@ -405,7 +413,8 @@ def main() -> None:
                                                         args.ablations.split(","))
     if set(args.ablations) - set(ABLATIONS):
         ap.error(f"--ablations: {args.ablations} are not all of {ABLATIONS} (or all, none)")
-    names = [n for n in ROWS if n not in ABLATIONS or n in args.ablations]  # scripted first
+    names = [n for n in ROWS if (n not in ABLATIONS or n in args.ablations)
+             and (n != "zero_shot" or args.zero_shot)]  # scripted first
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731 - stdout is the JSON
 
     t0 = time.time()
@@ -436,7 +445,7 @@ def main() -> None:
             eval_set = write_fresh_eval_set(cfg, args.fresh_eval)
             evaluate_rows(cfg, log, names, eval_set)
         run_dirs[seed] = cfg.run_dir
-        training[seed] = training_summary(cfg.run_dir, [n for n in names if n not in SCRIPTED])
+        training[seed] = training_summary(cfg.run_dir, [n for n in names if n not in UNTRAINED])
         manifest = read_json(cfg.run_dir, "manifest.json")
         stage_seconds[seed] = {s: round(e.get("seconds", 0), 1)
                                for s, e in manifest["stages"].items()}

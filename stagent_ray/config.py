@@ -107,11 +107,26 @@ class ServeConfig:
     replicas: int = 1
     cpus_per_replica: float = 0.5
     gpus_per_replica: float = 0.0
+    accelerator_type: str | None = None  # with gpus_per_replica: only nodes with that GPU type
     max_batch_size: int = 16
     batch_wait_timeout_s: float = 0.01
+    # requests a replica holds at once; None: 2 x max_batch_size (Ray's default of 5 would cap
+    # every batch at 5 rows); must be >= max_batch_size
+    max_ongoing_requests: int | None = None
+    teacher_replicas: int = 1        # the Teacher deployment (model teachers: hf, vllm, openai)
     host: str = "127.0.0.1"          # loopback unless told otherwise
     port: int = 8000
     api_key_env: str | None = None   # ingress requires this key when the env var is set
+
+
+@dataclass
+class TrainConfig:
+    """Where the Ray Train workers of every training stage run: read from the config and the
+    cluster, never from the driver (on a cluster the driver sits on a CPU head)."""
+    use_gpu: bool | str = "auto"     # auto: when the cluster has GPUs when the stage starts
+    cpus_per_worker: float | None = None  # None: 0.5 on CPU (two workers fit 2 cores), 1 on GPU
+    gpus_per_worker: float = 1.0
+    accelerator_type: str | None = None   # e.g. H100, A10G: only nodes with that GPU type
 
 
 @dataclass
@@ -154,8 +169,12 @@ class RolloutConfig:
     """The Ray Data rollout actors of every stage that rolls out (tiny_qa, score, the split's
     teacher recovery, eval): how many, what each reserves, how many queries a batch holds."""
     num_actors: int = 2
+    # more than num_actors: Ray Data grows the pool up to this while queries wait, as the
+    # autoscaler adds workers (None: a fixed pool of num_actors)
+    max_actors: int | None = None
     cpus_per_actor: float = 0.5
     gpus_per_actor: float = 0.0      # reserved for each policy-engine actor (score, eval)
+    accelerator_type: str | None = None  # with gpus_per_actor: only nodes with that GPU type
     batch_size: int = 4              # queries per Data batch (and per resumable part file)
 
 
@@ -248,6 +267,9 @@ class RLConfig:
     filter_on: str = "verified"      # verified: keep groups with mixed verdicts | reward: any spread
     max_refill_rounds: int = 3       # bounded: a step trains on what it has after these
     rollout_engine: str = "inprocess"  # inprocess: an engine in each trainer worker | serve
+    # a step whose rollout-vs-trainer log-prob gap (logprob_gap_max) exceeds this fails: the
+    # engine sampled with other weights than the trainer's (a stale replica). None/0: off
+    max_logprob_gap: float | None = None
     num_workers: int = 2
     checkpoint_every: int = 10
     log_every: int = 1
@@ -319,6 +341,7 @@ class Config:
     teacher: EngineConfig = field(default_factory=lambda: EngineConfig(kind="oracle"))
     policy: EngineConfig = field(default_factory=EngineConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     pool: PoolConfig = field(default_factory=PoolConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     tiny_qa: TinyQAConfig = field(default_factory=TinyQAConfig)
@@ -472,6 +495,28 @@ def validate(cfg: Config) -> Config:
         value = getattr(getattr(cfg, section), name)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"{dotted}: {value} is outside [0, 1]")
+    if cfg.train.use_gpu not in (True, False, "auto"):
+        raise ConfigError(f"train.use_gpu: {cfg.train.use_gpu!r} is not one of auto, true, false")
+    if cfg.train.accelerator_type and cfg.train.use_gpu is False:
+        raise ConfigError("train.accelerator_type: names a GPU type, but train.use_gpu is false")
+    if cfg.rollout.accelerator_type and not cfg.rollout.gpus_per_actor:
+        raise ConfigError("rollout.accelerator_type: names a GPU type, but "
+                          "rollout.gpus_per_actor is 0")
+    if cfg.serve.accelerator_type and not cfg.serve.gpus_per_replica:
+        raise ConfigError("serve.accelerator_type: names a GPU type, but "
+                          "serve.gpus_per_replica is 0")
+    s = cfg.serve
+    if s.max_ongoing_requests is not None and s.max_ongoing_requests < s.max_batch_size:
+        raise ConfigError(f"serve.max_ongoing_requests: {s.max_ongoing_requests} is below "
+                          f"serve.max_batch_size={s.max_batch_size}: batches could not fill")
+    if s.teacher_replicas <= 0:
+        raise ConfigError(f"serve.teacher_replicas: {s.teacher_replicas} must be > 0")
+    if cfg.rl.max_logprob_gap is not None and cfg.rl.max_logprob_gap < 0:
+        raise ConfigError(f"rl.max_logprob_gap: {cfg.rl.max_logprob_gap} must be >= 0 "
+                          "(None or 0: off)")
+    if cfg.rollout.max_actors is not None and cfg.rollout.max_actors < cfg.rollout.num_actors:
+        raise ConfigError(f"rollout.max_actors: {cfg.rollout.max_actors} is below "
+                          f"rollout.num_actors = {cfg.rollout.num_actors}")
     if cfg.rl.max_refill_rounds < 0:
         raise ConfigError(f"rl.max_refill_rounds: {cfg.rl.max_refill_rounds} must be >= 0")
     for name in ("cpus_per_actor", "gpus_per_actor"):

@@ -87,7 +87,7 @@ class JsonlLogger:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             self.file = open(self.path, "a", encoding="utf-8")
             return
-        self.fs, _ = filesystem(run_dir)
+        self.fs, self.path = filesystem(self.path)
         self.fs.create_dir(posixpath.dirname(self.path), recursive=True)
         self.lines: list[str] = []
         if self.fs.get_file_info(self.path).is_file:  # resumed run: keep what is there
@@ -244,3 +244,17 @@ def emit_dashboard_metrics(stage: str, metrics: dict) -> list[str]:
         gauge.set(value, tags={"stage": stage})
         names.append(name)
     return names
+
+
+def report_progress(stage: str, step: int, total: int, seconds_per_step: float,
+                    values: dict) -> str:
+    """A training stage's progress, from rank 0: one line in the job log (a Train worker's
+    stdout reaches `ray job logs`) and the same numbers as dashboard gauges (step, total
+    steps, ETA in seconds and `values`, e.g. loss or reward and tokens/s)."""
+    eta = max(0, total - step) * seconds_per_step
+    minutes, seconds = divmod(int(round(eta)), 60)
+    shown = " ".join(f"{k} {v:.4g}" for k, v in values.items())
+    line = f"[{stage}] step {step}/{total} {shown} eta {minutes}m{seconds:02d}s"
+    print(line, flush=True)
+    emit_dashboard_metrics(stage, {"step": step, "total_steps": total, "eta_s": eta, **values})
+    return line

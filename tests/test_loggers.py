@@ -82,3 +82,15 @@ def test_emit_dashboard_metrics_in_ray(ray_session):
                              "stagent_stage_steps"]
     # Same names from another stage reuse the cached gauges.
     assert emit_dashboard_metrics("sft1", {"final_loss": 0.3}) == ["stagent_stage_final_loss"]
+
+
+@pytest.mark.ray
+def test_report_progress_prints_a_line_and_sets_gauges(ray_session, capsys):
+    from stagent_ray.loggers import _GAUGES, report_progress
+
+    line = report_progress("sft0", 3, 10, 2.0, {"loss": 1.23456, "tokens_per_s": 1500.0})
+    assert line == "[sft0] step 3/10 loss 1.235 tokens_per_s 1500 eta 0m14s"
+    assert capsys.readouterr().out.strip() == line  # stdout: what `ray job logs` shows
+    assert {"stagent_stage_step", "stagent_stage_total_steps", "stagent_stage_eta_s",
+            "stagent_stage_loss", "stagent_stage_tokens_per_s"} <= set(_GAUGES)
+    assert report_progress("rl", 6, 6, 9.0, {"reward": 0.5}).endswith("eta 0m00s")

@@ -62,12 +62,15 @@ def serve_port(ray_session):
 
 def test_policy_batches_concurrent_requests_and_reloads(ray_session, serve_port,
                                                         tiny_checkpoint, tmp_path):
+    """Two replicas: concurrent requests share each replica's engine batch (more than Ray's
+    default max_ongoing_requests of 5 rows), and a weight push reaches both replicas."""
     from ray import serve
 
     from stagent_ray.serve.deployments import ServePolicyEngine, deploy_policy
 
     handle = deploy_policy(tiny_checkpoint, EngineConfig(kind="hf"),
-                           ServeConfig(cpus_per_replica=0.5, max_batch_size=8), name="policy_t")
+                           ServeConfig(replicas=2, cpus_per_replica=0.5, max_batch_size=8),
+                           name="policy_t")
     tok = load_tokenizer(tiny_checkpoint)
     client = ServePolicyEngine(handle, tok)
     prompts = [tok.encode(f"Find a cafe number {i}") for i in range(6)]
@@ -77,9 +80,14 @@ def test_policy_batches_concurrent_requests_and_reloads(ray_session, serve_port,
         outs = list(pool.map(lambda p: client.generate([p], greedy)[0], prompts))
     local = HFEngine(tiny_checkpoint, device="cpu").generate(prompts, greedy)
     assert [o.token_ids for o in outs] == [g.token_ids for g in local]
-    assert handle.version.remote().result()["version"] == 0
+    # A burst of 32 requests: rows join the running batch (up to 8 per replica).
+    long = SamplingParams(temperature=1.0, max_new_tokens=24, seed=1)
+    burst = client.generate([prompts[i % 6] for i in range(32)], long)
+    assert all(len(g.token_ids) == 24 for g in burst)
+    stats = handle.broadcast("stats").results(timeout_s=60)
+    assert len(stats) == 2 and max(s["max_rows"] for s in stats) >= 6, stats
 
-    # New weights: reload while a request is in flight; both complete.
+    # New weights: push while a request is in flight; both complete, on every replica.
     new_model = load_model(tiny_checkpoint)  # same shape, new weights
     torch.manual_seed(123)
     with torch.no_grad():  # larger weights than the default init, so greedy output differs
@@ -90,13 +98,14 @@ def test_policy_batches_concurrent_requests_and_reloads(ray_session, serve_port,
     inflight = handle.generate_one.remote((prompts[0], {"temperature": 0.0, "max_new_tokens": 6,
                                                         "top_p": 1.0, "top_k": 0,
                                                         "stop_token_ids": [], "seed": None}))
-    assert handle.reload.remote(new_path, 1).result() == 1
+    assert client.push_weights(new_path, 1) == [1, 1]
     assert len(inflight.result()["token_ids"]) == 6
-    assert handle.version.remote().result() == {"version": 1, "checkpoint": new_path}
-    after = client.generate(prompts[:2], greedy)
-    expected = HFEngine(new_path, device="cpu").generate(prompts[:2], greedy)
+    assert handle.broadcast("version").results(timeout_s=60) == \
+        [{"version": 1, "checkpoint": new_path}] * 2
+    after = client.generate(prompts, greedy)  # spread over both replicas
+    expected = HFEngine(new_path, device="cpu").generate(prompts, greedy)
     assert [o.token_ids for o in after] == [g.token_ids for g in expected]
-    assert [o.token_ids for o in after] != [o.token_ids for o in outs[:2]]
+    assert [o.token_ids for o in after] != [o.token_ids for o in outs]
     assert client.last_version == 1
     serve.delete("policy_t")
 
@@ -129,3 +138,90 @@ def test_openai_client_gets_a_tool_call(ray_session, serve_port, tiny_checkpoint
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=base, api_key="wrong").models.list()
     serve.delete("ingress_t")
+
+
+def rl_cfg(tiny_cfg, run_dir: str, **rl):
+    from dataclasses import replace
+
+    from stagent_ray.config import AgentConfig, RLConfig, SamplingConfig
+
+    # Random weights reward nothing; the entropy bonus still moves the weights every step,
+    # so a replica left on old weights shows in the log-prob gap.
+    return replace(tiny_cfg, run_dir=run_dir,
+                   agent=AgentConfig(max_turns=1, max_tokens=1024, tool_prompt="compact"),
+                   sampling=SamplingConfig(max_new_tokens=12),
+                   serve=ServeConfig(replicas=2, cpus_per_replica=0.5, max_batch_size=8),
+                   rl=RLConfig(**{"steps": 3, "prompts_per_step": 2, "group_size": 4, "lr": 1e-2,
+                                  "entropy_coef": 0.1, "dynamic_sampling": False,
+                                  "mini_batches": 1, "micro_batch_size": 8, "num_workers": 1,
+                                  "checkpoint_every": 1000, "rollout_engine": "serve",
+                                  "max_logprob_gap": 1e-3, **rl}))
+
+
+def test_rl_on_serve_reloads_every_replica_and_bounds_the_gap(ray_session, serve_port,
+                                                              tiny_checkpoint, tiny_cfg,
+                                                              tmp_path):
+    """RL through a 2-replica Policy: after each push the rollouts' log-probs match the
+    trainer's (< 1e-3) on whichever replica sampled them. Then a step whose engine disagrees
+    with the trainer (injected garbage generations, log-prob 0) stops the run, naming the
+    gap and the bound."""
+    import json
+    from dataclasses import replace
+
+    from ray.train import FailureConfig
+
+    from stagent_ray.config import FaultConfig
+    from stagent_ray.tasks.families import generate_queries
+    from stagent_ray.train.rl import run_rl
+    from stagent_ray.world.generate import load_world
+
+    no_retry = FailureConfig(max_failures=0, controller_failure_limit=0)
+    prompts = [q.to_row() for q in generate_queries(load_world(0), "unsolvable", 6, seed=0)]
+    cfg = rl_cfg(tiny_cfg, str(tmp_path / "ok"))
+    run_rl(cfg, tiny_checkpoint, "ckpt/rl", failure_config=no_retry, prompts=prompts)
+    with open(tmp_path / "ok" / "train" / "rl_metrics.jsonl") as f:
+        history = [json.loads(line) for line in f]
+    gaps = [h["logprob_gap_max"] for h in history]
+    print("logprob_gap_max per step:", gaps)
+    assert [h["step"] for h in history] == [1, 2, 3] and all(g < 1e-3 for g in gaps), gaps
+    assert all(h["grad_norm"] > 0 for h in history)  # the weights moved every step
+
+    bad = replace(rl_cfg(tiny_cfg, str(tmp_path / "bad"), steps=1, rollout_engine="inprocess"),
+                  faults=FaultConfig(engine_garbage=0.5))
+    with pytest.raises(Exception, match=r"log-prob gap .* exceeds rl.max_logprob_gap=0.001"):
+        run_rl(bad, tiny_checkpoint, "ckpt/rl", failure_config=no_retry, prompts=prompts)
+
+
+def test_tiny_qa_goes_through_the_teacher_deployment(ray_session, serve_port, tiny_checkpoint,
+                                                     tiny_cfg, tmp_path):
+    """An hf teacher (a local checkpoint) on 2 Teacher replicas: tiny_qa's rollouts are
+    answered there (each replica's own request count), none in the rollout actors."""
+    from dataclasses import replace
+
+    from ray import serve
+
+    from stagent_ray.config import AgentConfig, RolloutConfig, SamplingConfig, TinyQAConfig
+    from stagent_ray.runio import query_to_row, read_table, write_table
+    from stagent_ray.stages.tiny_qa import run_tiny_qa
+    from stagent_ray.tasks.families import generate_queries
+    from stagent_ray.world.generate import load_world
+
+    world = load_world(0)
+    rows = [query_to_row(q) for q in generate_queries(world, "unsolvable", 6, seed=0)]
+    run_dir = str(tmp_path)
+    write_table(run_dir, "data/pool.parquet", rows[:4])
+    write_table(run_dir, "data/eval.parquet", rows[4:])
+    cfg = replace(tiny_cfg, run_dir=run_dir,
+                  teacher=EngineConfig(kind="hf", model=tiny_checkpoint),
+                  agent=AgentConfig(max_turns=1, max_tokens=1024, tool_prompt="compact"),
+                  sampling=SamplingConfig(max_new_tokens=8),
+                  serve=ServeConfig(teacher_replicas=2, cpus_per_replica=0.5, max_batch_size=8),
+                  rollout=RolloutConfig(num_actors=1, cpus_per_actor=0.5, batch_size=4),
+                  tiny_qa=TinyQAConfig(fraction=1.0, long_tail=0, k=2))
+    stats = run_tiny_qa(cfg)
+    served = stats["teacher_replica_requests"]
+    print("teacher requests per replica:", served)
+    # 4 queries x k=2, one turn each: 8 generations, all from the deployment's 2 replicas
+    assert len(served) == 2 and sum(served) == 8, served
+    assert len(read_table(run_dir, "data/tiny_qa_scored.parquet")) == 4
+    assert "teacher" not in serve.status().applications  # deleted after the stage

@@ -37,7 +37,19 @@ def build_tiny_model(cfg, tokenizer, seed: int = 0):
 
 def save_checkpoint(model, tokenizer, out_dir: str) -> None:
     """Save in Hugging Face format; write into a temp dir then rename so a crash never
-    leaves a half-written checkpoint that looks complete."""
+    leaves a half-written checkpoint that looks complete. A URI (s3://...) is saved to a
+    local temp dir and uploaded."""
+    if "://" in out_dir:
+        import tempfile
+
+        import pyarrow.fs as pafs
+
+        from stagent_ray.runio import copy_dir
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            copy_dir(pafs.LocalFileSystem(), tmp, out_dir)
+        return
     tmp = out_dir.rstrip("/") + ".tmp"
     os.makedirs(tmp, exist_ok=True)
     model.save_pretrained(tmp)
@@ -49,7 +61,9 @@ def save_checkpoint(model, tokenizer, out_dir: str) -> None:
 
 
 def load_tokenizer(path: str):
-    tok = AutoTokenizer.from_pretrained(path, padding_side="left")
+    from stagent_ray.runio import local_model_dir  # a checkpoint on object storage
+
+    tok = AutoTokenizer.from_pretrained(local_model_dir(path), padding_side="left")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

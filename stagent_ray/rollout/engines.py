@@ -13,6 +13,9 @@ from stagent_ray.rollout.engine import Generation, SamplingParams, TokenEngine, 
 
 def make_token_engine(kind: str, model_path: str, device: str = "auto", dtype: str = "float32",
                       max_batch_size: int = 16, compile: bool | None = None) -> TokenEngine:
+    from stagent_ray.runio import local_model_dir
+
+    model_path = local_model_dir(model_path)  # a URI: copied to this node first
     if kind == "hf":
         from stagent_ray.rollout.hf_engine import HFEngine
         return HFEngine(model_path, device=device, dtype=dtype, max_batch_size=max_batch_size,

@@ -465,7 +465,10 @@ class HFEngine(TokenEngine):
         state = path_or_state_dict
         if isinstance(state, (str, os.PathLike)):
             from transformers import AutoModelForCausalLM
-            state = AutoModelForCausalLM.from_pretrained(str(state), dtype=self.dtype).state_dict()
+
+            from stagent_ray.runio import local_model_dir
+            state = AutoModelForCausalLM.from_pretrained(local_model_dir(str(state)),
+                                                         dtype=self.dtype).state_dict()
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         current = self.model.state_dict()
         loaded = {current[k].data_ptr() for k in state if k in current}

@@ -1,8 +1,21 @@
 """VLLMEngine: the token engine on vLLM, for GPU clusters (`pip install 'stagent-ray[vllm]'`).
 
-Untested here: vLLM needs CUDA and pins its own torch, so neither CI nor the project's GPU test
-machine can install it. The code follows vLLM 0.33's offline API (`LLM.generate` with
-`TokensPrompt`, `LLM.collective_rpc`); check it on a GPU host before relying on it.
+Has not run: vLLM needs CUDA and pins its own torch (2.14), so it cannot be installed on the
+project's machines and no test or GPU check has started this engine. What was checked is the
+code against the source of vLLM 0.33.0 (the PyPI wheel, commit 4ba787ec9): `LLM(...)` and
+`EngineArgs`, `LLM.generate`, `vllm.inputs.TokensPrompt`, `SamplingParams`, `CompletionOutput`
+and `FinishReason`, `LLM.collective_rpc`, the worker's `reload_weights` and
+`LLM.reset_prefix_cache`. tests/test_vllm_engine.py checks our calls against a stand-in with
+those signatures, not vLLM itself. What this check changed:
+- Weights now load through the worker's own `reload_weights` (named RPC) instead of a function
+  sent by `collective_rpc` that called `model.load_weights`. Under the default multiprocess
+  engine a function is refused unless VLLM_ALLOW_INSECURE_SERIALIZATION=1, and tensors in
+  RPC arguments arrive as plain lists (they are decoded untyped), so the state-dict path could
+  not have worked; `reload_weights` also redoes the post-load weight processing (quantized
+  layers) that a bare `model.load_weights` skips.
+- A finish other than "stop" or "length" ("abort", "error", "repetition") raises instead of
+  passing as "length".
+- A checkpoint URI (s3://, gs://) is copied to the node before vLLM reads it, as in HFEngine.
 
 Log-probs: vLLM's default (`raw_logprobs`) scores the logits before temperature. We start the
 engine with `logprobs_mode="processed_logprobs"`, scored after temperature; vLLM computes them
@@ -14,23 +27,10 @@ truncation on, have the trainer recompute log-probs rather than trust these.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 from stagent_ray.rollout.engine import Generation, SamplingParams, TokenEngine, prompt_seeds
-
-
-def _load_into_worker(worker, weights):
-    """Runs inside every vLLM worker (sent by `collective_rpc`): in-place weight load through the
-    model's own `load_weights`, which maps HF names onto vLLM's fused layers (qkv, gate_up).
-    `weights` is a list of (name, tensor), or a checkpoint directory read here."""
-    if isinstance(weights, str):
-        import glob
-
-        from safetensors.torch import load_file
-        files = sorted(glob.glob(os.path.join(weights, "*.safetensors")))
-        if not files:
-            raise FileNotFoundError(f"no *.safetensors in {weights}")
-        weights = [item for f in files for item in load_file(f).items()]
-    worker.model_runner.model.load_weights(weights=weights)
 
 
 class VLLMEngine(TokenEngine):
@@ -43,11 +43,13 @@ class VLLMEngine(TokenEngine):
             raise ImportError("VLLMEngine needs vLLM (GPU hosts only): "
                               "pip install 'stagent-ray[vllm]', or use the 'hf' engine") from exc
         # vLLM schedules its own continuous batch; max_batch_size caps its concurrent sequences
+        # (max_num_seqs, max_model_len and logprobs_mode reach EngineArgs through **kwargs)
         self.llm = LLM(model=model_path, dtype=dtype, max_num_seqs=max_batch_size,
                        gpu_memory_utilization=gpu_memory_utilization,
                        max_model_len=max_model_len, logprobs_mode="processed_logprobs",
                        **llm_kwargs)
         self.tokenizer = tokenizer if tokenizer is not None else self.llm.get_tokenizer()
+        self._weights_dir: str | None = None  # where the last state dict was written
 
     def generate(self, prompts: list[list[int]], sampling: SamplingParams,
                  seeds: list[int] | None = None) -> list[Generation]:
@@ -66,18 +68,50 @@ class VLLMEngine(TokenEngine):
         for out in outputs:  # same order as the prompts
             completion = out.outputs[0]
             ids = list(completion.token_ids)  # vLLM keeps a matched stop token id in token_ids
+            # logprobs=0: one {token id: Logprob} per step, holding the sampled token
             logprobs = [step[t].logprob for t, step in zip(ids, completion.logprobs)]
-            reason = "stop" if completion.finish_reason == "stop" else "length"
+            reason = completion.finish_reason
+            if reason not in ("stop", "length"):  # abort, error, repetition: not a turn's end
+                raise RuntimeError(f"vLLM ended a generation with finish_reason={reason!r}")
             results.append(Generation(ids, logprobs, reason))
         return results
 
     def load_weights(self, path_or_state_dict) -> None:
-        """In-place weight update on every worker, then drop the prefix cache (its keys and
-        values were computed with the old weights). A state dict travels by pickle to the
-        workers: fine for small models; large ones want a NCCL broadcast from the trainer."""
+        """In-place weight update on every worker through vLLM's `reload_weights` (it maps HF
+        names onto vLLM's fused layers and redoes post-load processing), then drop the prefix
+        cache (its keys and values were computed with the old weights). A state dict is first
+        written as safetensors to a local temporary directory: fine for small models on one
+        node; large ones want vLLM's weight-transfer engines (NCCL/IPC) from the trainer."""
         if isinstance(path_or_state_dict, (str, os.PathLike)):
-            weights = str(path_or_state_dict)
+            from stagent_ray.runio import local_model_dir
+
+            # vLLM reads a local directory: a URI (s3://, gs://) is copied to this node first
+            path, written = local_model_dir(str(path_or_state_dict)), None
         else:
-            weights = [(k, v.detach().cpu()) for k, v in path_or_state_dict.items()]
-        self.llm.collective_rpc(_load_into_worker, args=(weights,))
-        self.llm.reset_prefix_cache()
+            path = written = self._write_state_dict(path_or_state_dict)
+        try:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path})
+        except BaseException:
+            if written:
+                shutil.rmtree(written, ignore_errors=True)
+            raise
+        # the workers now read further reloads' defaults from `path`: keep the newest copy
+        if self._weights_dir and self._weights_dir != written:
+            shutil.rmtree(self._weights_dir, ignore_errors=True)
+        self._weights_dir = written
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM could not reset its prefix cache after a weight update")
+
+    @staticmethod
+    def _write_state_dict(state_dict) -> str:
+        from safetensors.torch import save_file
+
+        tensors, storages = {}, set()
+        for name, value in state_dict.items():
+            t = value.detach().to("cpu").contiguous()
+            ptr = t.untyped_storage().data_ptr()
+            tensors[name] = t.clone() if ptr in storages else t  # tied weights: safetensors
+            storages.add(ptr)                                     # refuses shared storage
+        directory = tempfile.mkdtemp(prefix="stagent-vllm-weights-")
+        save_file(tensors, os.path.join(directory, "model.safetensors"))
+        return directory

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import posixpath
 
 import matplotlib
 
@@ -22,12 +23,11 @@ from stagent_ray.runio import (exists, filesystem, read_json, read_jsonl, read_t
 
 
 def _save(fig, run_dir: str, name: str) -> str:
-    fs, _ = filesystem(run_dir)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    path = run_path(run_dir, f"report/{name}")
-    fs.create_dir(run_path(run_dir, "report"), recursive=True)
+    fs, path = filesystem(run_path(run_dir, f"report/{name}"))
+    fs.create_dir(posixpath.dirname(path), recursive=True)
     with fs.open_output_stream(path) as f:
         f.write(buf.getvalue())
     return name
@@ -172,9 +172,10 @@ def run_report(cfg) -> dict:
             f"</head><body style='font-family:sans-serif;max-width:980px;margin:auto'>"
             f"<h1>stagent-ray run report</h1><p>run_dir: {html.escape(run_dir)}</p>{body}"
             f"</body></html>")
-    fs, _ = filesystem(run_dir)
     for name, text in (("summary.md", md), ("index.html", page)):
-        with fs.open_output_stream(run_path(run_dir, f"report/{name}")) as f:
+        fs, path = filesystem(run_path(run_dir, f"report/{name}"))
+        fs.create_dir(posixpath.dirname(path), recursive=True)  # no plots: no report/ yet
+        with fs.open_output_stream(path) as f:
             f.write(text.encode())
     return {"plots": [n for _, n in images], "path": run_path(run_dir, "report/index.html"),
             "faults": faults}

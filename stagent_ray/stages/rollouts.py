@@ -30,7 +30,8 @@ from collections import Counter
 import numpy as np
 
 from stagent_ray.rollout.agent_loop import sum_faults
-from stagent_ray.runio import filesystem, read_table, row_to_query, run_path, write_table
+from stagent_ray.runio import filesystem, read_table, run_path, write_table
+from stagent_ray.tasks.query import Query
 
 logger = logging.getLogger(__name__)
 
@@ -99,14 +100,13 @@ class RolloutActor:
         self.n, self.parts_dir, self.salt = n, parts_dir, salt
         self.model = engine.model
         self.token_engine = self.message_engine = None
-        if serve_app:
-            from ray import serve
-            from transformers import AutoTokenizer
-
-            from stagent_ray.serve.deployments import ServePolicyEngine
-            handle = serve.get_deployment_handle("Policy", app_name=serve_app)
-            tok = AutoTokenizer.from_pretrained(engine.model, padding_side="left")
-            self.token_engine = ServePolicyEngine(handle, tok)
+        if serve_app:  # a Policy (tokens) or a Teacher (conversations) deployment
+            from stagent_ray.serve.deployments import ServePolicyEngine, serve_client_engine
+            client = serve_client_engine(serve_app, engine)
+            if isinstance(client, ServePolicyEngine):
+                self.token_engine = client
+            else:
+                self.message_engine = with_faults(client, cfg.faults)
         elif engine.kind in ("hf", "vllm"):
             from stagent_ray.rollout.engines import make_token_engine
             self.token_engine = make_token_engine(
@@ -190,7 +190,7 @@ class RolloutActor:
     def score_batch(self, rows: list[dict]) -> dict:
         from stagent_ray.reward import score_episode
 
-        queries = [row_to_query(r) for r in rows]
+        queries = [Query.from_dict(r) for r in rows]
         trajs, discarded = self.rollout(queries)
         traj_rows = []
         for k, t in enumerate(trajs):
@@ -239,8 +239,7 @@ def crash_once(run_dir: str, parts_dir: str) -> None:
 def list_parts(run_dir: str, parts_dir: str, prefix: str) -> list[str]:
     import pyarrow.fs as pafs
 
-    fs, _ = filesystem(run_dir)
-    base = run_path(run_dir, parts_dir)
+    fs, base = filesystem(run_path(run_dir, parts_dir))
     if fs.get_file_info(base).type == pafs.FileType.NotFound:
         return []
     infos = fs.get_file_info(pafs.FileSelector(base))
@@ -280,6 +279,12 @@ def warn_if_unschedulable(cpus: float, gpus: float) -> None:
         if need > have.get(key, 0):
             logger.warning("rollout actors wait for resources: %s=%g but the cluster has %g %s "
                            "now (waiting for an autoscaler?)", field, need, have.get(key, 0), key)
+
+
+def actor_resources(r, num_gpus: float) -> dict:
+    """What each rollout actor asks Ray for: CPUs, GPUs and, with GPUs, the GPU type."""
+    pinned = {"accelerator_type": r.accelerator_type} if num_gpus and r.accelerator_type else {}
+    return {"num_cpus": r.cpus_per_actor, "num_gpus": num_gpus, **pinned}
 
 
 def check_prompts_fit(cfg, engine, query_rows: list[dict]) -> None:
@@ -361,8 +366,9 @@ def rollout_checkpoints(cfg, query_rows: list[dict], engines: dict, n: int, salt
             fn_constructor_kwargs={"cfg": cfg, "engine": engine, "n": n,
                                    "parts_dir": next(iter(engines)), "salt": salt,
                                    "temperature": temperature, "serve_app": serve_app},
-            compute=ray.data.ActorPoolStrategy(size=r.num_actors), num_cpus=r.cpus_per_actor,
-            num_gpus=num_gpus)
+            compute=ray.data.ActorPoolStrategy(min_size=r.num_actors,
+                                               max_size=r.max_actors or r.num_actors),
+            **actor_resources(r, num_gpus))
         total = len(query_rows) * len(engines)
         with tqdm(total=total, initial=total - sum(n_todo.values()), desc=desc,
                   unit="query") as bar:

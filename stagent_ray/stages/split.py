@@ -4,8 +4,9 @@ Regions (N rollouts per query, "pass" = verified):
   trivial  all N pass                 → a `split.keep_trivial_fraction` share joins SFT-1
   certain  mean reward ≥ threshold    → SFT-1, with the policy's best verified trajectory
   hard     in between                 → RL prompts, ranked by learnability p·(1−p)
-  noise    all N fail                 → K_max more teacher attempts; recovered ones join
-                                        SFT-1, the rest are dropped and counted
+  noise    all N fail                 → K_max more teacher attempts (a model teacher on
+                                        Serve, as in tiny_qa); recovered ones join SFT-1,
+                                        the rest are dropped and counted
 Outputs: data/certain.parquet (SFT-1 rows), data/hard.parquet (RL prompts),
 data/split_report.json (every count and the pass-count histogram).
 """
@@ -37,6 +38,7 @@ def rl_prompt_rows(rows: list[dict]) -> list[dict]:
 
 def run_split(cfg) -> dict:
     from stagent_ray.runio import read_table, write_json, write_table
+    from stagent_ray.serve.deployments import teacher_app
     from stagent_ray.stages.rollouts import consolidate, pass_count_histogram, rollout_pool
 
     run_dir = cfg.run_dir
@@ -60,9 +62,10 @@ def run_split(cfg) -> dict:
     noise = by_region["noise"]
     if noise and cfg.split.k_max > 0:
         pool = {r["query_id"]: r for r in read_table(run_dir, "data/pool.parquet")}
-        stats = rollout_pool(cfg, [pool[r["query_id"]] for r in noise], cfg.teacher,
-                             cfg.split.k_max, "data/parts/recover", salt=1,
-                             desc="split (teacher recovery)")
+        with teacher_app(cfg) as serve_app:  # as in tiny_qa: model teachers on Serve
+            stats = rollout_pool(cfg, [pool[r["query_id"]] for r in noise], cfg.teacher,
+                                 cfg.split.k_max, "data/parts/recover", salt=1,
+                                 desc="split (teacher recovery)", serve_app=serve_app)
         recovery_faults = stats["faults"]
         rows = consolidate(run_dir, "data/parts/recover", "data/recovered_scored.parquet", None)
         ok = {r["query_id"]: r for r in rows if r["best_verified"]}

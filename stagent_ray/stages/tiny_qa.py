@@ -1,5 +1,7 @@
 """Stage `tiny_qa`: the teacher writes K trajectories for a small sample of the pool; the
-scorer keeps the best verified one per query.
+scorer keeps the best verified one per query. A model teacher (hf, vllm, openai) answers
+from the Teacher deployment on Ray Serve (`serve.teacher_replicas`); the oracle runs in the
+rollout actors.
 
 Input: data/pool.parquet. The sample is `tiny_qa.fraction` of the pool plus
 `tiny_qa.long_tail` synthetic queries from the families the pool holds least of (the rare
@@ -52,6 +54,7 @@ def sample_tiny_queries(cfg, pool_rows: list[dict], eval_rows: list[dict],
 
 def run_tiny_qa(cfg) -> dict:
     from stagent_ray.runio import exists, read_table, write_table
+    from stagent_ray.serve.deployments import replica_stats, teacher_app
     from stagent_ray.stages.rollouts import consolidate, rollout_pool
 
     run_dir = cfg.run_dir
@@ -61,8 +64,12 @@ def run_tiny_qa(cfg) -> dict:
     queries = sample_tiny_queries(cfg, pool, read_table(run_dir, "data/eval.parquet"),
                                   entity_rows)
     write_table(run_dir, "data/tiny_qa_queries.parquet", queries)  # with their slots
-    stats = rollout_pool(cfg, queries, cfg.teacher, cfg.tiny_qa.k, "data/parts/tiny_qa",
-                         desc="tiny_qa (teacher)")
+    with teacher_app(cfg) as serve_app:  # model teachers on Serve; the oracle in each actor
+        stats = rollout_pool(cfg, queries, cfg.teacher, cfg.tiny_qa.k, "data/parts/tiny_qa",
+                             desc="tiny_qa (teacher)", serve_app=serve_app)
+        if serve_app:  # what each Teacher replica answered (the manifest shows it)
+            stats["teacher_replica_requests"] = [
+                s["requests"] for s in replica_stats(serve_app, cfg.teacher)]
     rows = consolidate(run_dir, "data/parts/tiny_qa", "data/tiny_qa_scored.parquet", None,
                        order=[q["query_id"] for q in queries])
     kept = [{"query_id": r["query_id"], "family": r["family"], "text": r["text"],

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
-import uuid
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -28,7 +26,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      get_state_dict, set_state_dict)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from stagent_ray.runio import filesystem, run_path
+from stagent_ray.runio import copy_dir, local_model_dir, run_path  # noqa: F401 (re-exported)
 
 # Dense bf16 peak FLOP/s by GPU name (first matching substring wins, so PCIe before SXM).
 PEAK_BF16_FLOPS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12),
@@ -57,31 +55,6 @@ def flops_per_token(config, n_params: int, seq_len: int, lm_head_fraction: float
 
 
 # ---------------------------------------------------------------- model setup
-
-def local_model_dir(path: str) -> str:
-    """A local directory holding the checkpoint at `path` (copied down when it is a URI)."""
-    if "://" not in path:
-        return path
-    fs, inner = pafs.FileSystem.from_uri(path)
-    # Keyed by the listing too (names, sizes, mtimes): a re-exported checkpoint at the same
-    # URI must not be served from a stale copy.
-    files = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
-    key = path + repr(sorted((f.path, f.size, str(f.mtime)) for f in files))
-    local = os.path.join(tempfile.gettempdir(), "stagent_models",
-                         uuid.uuid5(uuid.NAMESPACE_URL, key).hex)
-    if not os.path.exists(local):
-        # Workers on one node may race: each copies to its own temp dir, the first rename wins.
-        tmp = f"{local}.tmp-{uuid.uuid4().hex[:8]}"
-        os.makedirs(tmp)
-        pafs.copy_files(inner, tmp, source_filesystem=fs,
-                        destination_filesystem=pafs.LocalFileSystem())
-        try:
-            os.rename(tmp, local)
-        except OSError:  # another worker got there first
-            import shutil
-            shutil.rmtree(tmp, ignore_errors=True)
-    return local
-
 
 def lora_config(rank: int):
     from peft import LoraConfig
@@ -288,25 +261,11 @@ def export_hf(model, init_path: str, out_dir: str, rank: int, lora_rank: int = 0
 # ---------------------------------------------------------------- run-directory output
 
 def publish_dir(src_fs: pafs.FileSystem, src_path: str, run_dir: str, relative: str) -> str:
-    """Copy a directory (e.g. out of a Ray checkpoint) to `run_dir/relative`. Locally via a
-    temp name + rename, so a crash never leaves a half-copied directory under the final
-    name; on object stores (no directory rename) it is deleted and copied."""
-    fs, _ = filesystem(run_dir)
+    """Copy a directory (e.g. out of a Ray checkpoint) to `run_dir/relative`; returns that
+    path or URI (runio.copy_dir: never half-copied under the final name locally)."""
     dst = run_path(run_dir, relative)
-    if isinstance(fs, pafs.LocalFileSystem):
-        tmp = f"{dst}.tmp-{uuid.uuid4().hex[:8]}"
-        fs.create_dir(tmp, recursive=True)
-        pafs.copy_files(src_path, tmp, source_filesystem=src_fs, destination_filesystem=fs)
-        if os.path.exists(dst):
-            import shutil
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
-    else:
-        if fs.get_file_info(dst).type != pafs.FileType.NotFound:
-            fs.delete_dir(dst)
-        fs.create_dir(dst, recursive=True)
-        pafs.copy_files(src_path, dst, source_filesystem=src_fs, destination_filesystem=fs)
-    return run_dir.rstrip("/") + "/" + relative if "://" in run_dir else dst
+    copy_dir(src_fs, src_path, dst)
+    return dst
 
 
 def all_reduce_sum(x: float, device: torch.device) -> float:
@@ -326,27 +285,42 @@ POLL_ENV, POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"
 
 
 def storage_path(run_dir: str) -> str:
-    """Where a stage's Ray Train checkpoints live: `<run_dir>/train` (absolute or a URI)."""
-    if "://" in run_dir:
-        return run_dir.rstrip("/") + "/train"
-    return os.path.join(os.path.abspath(run_dir), "train")
+    """Where a stage's Ray Train checkpoints live: `<run_dir>/train` (absolute, or a URI with
+    its query string: Ray Train builds its filesystem from it)."""
+    return run_path(run_dir, "train")
+
+
+def scaling_config(train_cfg, num_workers: int):
+    """The workers' resource request, from `train.*` and the cluster. Not from the driver:
+    under `ray job submit` it runs on a CPU head, and its torch.cuda says nothing of the
+    GPU workers. use_gpu auto asks Ray what the cluster holds now; an autoscaler's GPU
+    nodes that are not up yet do not count (say `train.use_gpu: true` there)."""
+    import ray
+    from ray.train import ScalingConfig
+
+    use_gpu = train_cfg.use_gpu
+    if use_gpu == "auto":
+        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    cpus = train_cfg.cpus_per_worker
+    if cpus is None:
+        cpus = 1.0 if use_gpu else CPUS_PER_CPU_WORKER
+    resources = {"CPU": cpus, **({"GPU": train_cfg.gpus_per_worker} if use_gpu else {})}
+    return ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources,
+                         accelerator_type=train_cfg.accelerator_type if use_gpu else None)
 
 
 def fit_on_ray_train(loop, config: dict, name: str, run_dir: str, num_workers: int,
                      failure_config=None, checkpoints_to_keep: int = 2):
-    """Run `loop` on `num_workers` TorchTrainer workers (GPUs when present) with checkpoints
-    under `storage_path(run_dir)/name`, so running the stage again resumes it. Default
-    failure policy: retry a worker failure twice from the last checkpoint, give up on
-    start-up after three controller failures instead of waiting forever."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    """Run `loop` on `num_workers` TorchTrainer workers (resources from config["cfg"].train)
+    with checkpoints under `storage_path(run_dir)/name`, so running the stage again resumes
+    it. Default failure policy: retry a worker failure twice from the last checkpoint, give
+    up on start-up after three controller failures instead of waiting forever."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
-    use_gpu = torch.cuda.is_available()
     trainer = TorchTrainer(
         loop, train_loop_config=config,
-        scaling_config=ScalingConfig(
-            num_workers=num_workers, use_gpu=use_gpu,
-            resources_per_worker=None if use_gpu else {"CPU": CPUS_PER_CPU_WORKER}),
+        scaling_config=scaling_config(config["cfg"].train, num_workers),
         run_config=RunConfig(
             name=name, storage_path=storage_path(run_dir),
             failure_config=failure_config or FailureConfig(max_failures=2,

@@ -43,6 +43,7 @@ from collections import Counter
 import numpy as np
 import torch
 
+from stagent_ray.loggers import report_progress
 from stagent_ray.runio import write_jsonl
 from stagent_ray.train import losses as L
 from stagent_ray.train.common import (adamw, all_reduce_sum, attention_for, export_hf,
@@ -121,7 +122,7 @@ def rl_loop(config: dict) -> None:
     from stagent_ray.rollout.agent_loop import run_episodes, sum_faults
     from stagent_ray.rollout.engine import SamplingParams, derive_seed
     from stagent_ray.rollout.engines import with_faults
-    from stagent_ray.runio import row_to_query
+    from stagent_ray.tasks.query import Query
     from stagent_ray.world.backends import executor_from_config
 
     ctx = ray.train.get_context()
@@ -158,7 +159,8 @@ def rl_loop(config: dict) -> None:
         from stagent_ray.models.build import load_tokenizer
         from stagent_ray.serve.deployments import ServePolicyEngine
         policy_handle = serve.get_deployment_handle("Policy", app_name=config["serve_app"])
-        engine = ServePolicyEngine(policy_handle, load_tokenizer(local_model_dir(init)))
+        engine = serve_engine = ServePolicyEngine(policy_handle,
+                                                  load_tokenizer(local_model_dir(init)))
     else:
         from stagent_ray.rollout.hf_engine import HFEngine
         engine = HFEngine(local_model_dir(init), device=str(device), dtype=cfg.policy.dtype,
@@ -168,13 +170,14 @@ def rl_loop(config: dict) -> None:
 
     def push_weights(version: int) -> None:
         """Collective: every rank gathers the full weights for its in-process engine; with
-        Serve, rank 0 writes a checkpoint and the Policy reloads it."""
+        Serve, rank 0 writes a checkpoint and every Policy replica reloads it."""
         if rl.rollout_engine == "serve":
             path = posixpath.join(config["sync_dir"], f"v{version:06d}")
             export_hf(model, init, path, rank)
             if rank == 0:
-                policy_handle.reload.remote(path, version).result()
+                serve_engine.push_weights(path, version)
             dist.barrier()
+            serve_engine.pushed = (path, version)  # every rank: a stale answer is sent again
             return
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
         engine.load_weights({k: v.detach().to("cpu") if device.type == "cpu" else v
@@ -215,7 +218,7 @@ def rl_loop(config: dict) -> None:
             idx = take_prompts(len(prompts), cursor, count, cfg.seed, config["curriculum"])
             cursor += count
             t = time.perf_counter()
-            queries = [row_to_query(prompts[i]) for i in idx[rank::world]]
+            queries = [Query.from_dict(prompts[i]) for i in idx[rank::world]]
             trajs = run_episodes(engine, executor,
                                  [(q.query_id, q.text) for q in queries for _ in range(G)],
                                  SamplingParams(**sampling_base, seed=derive_seed(
@@ -267,6 +270,11 @@ def rl_loop(config: dict) -> None:
             stats.update(update_policy(seqs, model, optimizer, critic, critic_opt, ref, rl,
                                        rank, world, device, tokenizer.pad_token_id))
         times["update"] = time.perf_counter() - t
+        if rl.max_logprob_gap and stats["logprob_gap_max"] > rl.max_logprob_gap:  # same on all ranks
+            raise RuntimeError(f"rl step {step + 1}: log-prob gap {stats['logprob_gap_max']:.3g} "
+                               f"between the rollout engine and the trainer exceeds "
+                               f"rl.max_logprob_gap={rl.max_logprob_gap:g}: the engine sampled "
+                               "with other weights (a replica that missed a weight push?)")
         t = time.perf_counter()
         if seqs:
             push_weights(step + 1)
@@ -300,10 +308,13 @@ def rl_loop(config: dict) -> None:
         dist.all_gather_object(fault_parts, dict(step_faults))
         metrics.update({f"faults_{k}": v for k, v in sum_faults(fault_parts).items()})
         history.append(metrics)
+        done = step + 1
         if rank == 0:
             write_jsonl(cfg.run_dir, f"train/{config['name']}_metrics.jsonl", history)
             write_jsonl(cfg.run_dir, f"train/{config['name']}_prompts.jsonl", drawn)
-        done = step + 1
+            report_progress(config["name"], done, rl.steps, metrics["time_step_s"], {
+                "reward": metrics["reward_mean"], "verified": metrics["verified_rate"],
+                "tokens_per_s": sum(e["gen_tokens"] for e in episodes) / metrics["time_step_s"]})
         if done % rl.checkpoint_every == 0 or done == rl.steps:
             with tempfile.TemporaryDirectory() as d:
                 save_train_state(d, model, optimizer, rank,

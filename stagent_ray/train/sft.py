@@ -41,6 +41,7 @@ import torch
 from torch.distributed.fsdp import register_fsdp_forward_method
 
 from stagent_ray.config import SFTConfig
+from stagent_ray.loggers import report_progress
 from stagent_ray.runio import write_jsonl
 from stagent_ray.train.attention import VARLEN, flat_inputs
 from stagent_ray.train.losses import sft_loss
@@ -317,6 +318,8 @@ def train_loop(config: dict) -> None:
         history.append(metrics)
         if rank == 0:
             write_jsonl(cfg.run_dir, f"train/{name}_metrics.jsonl", history)
+            report_progress(name, done, total, train_time / (done - start),
+                            {"loss": metrics["loss"], "tokens_per_s": metrics["tokens_per_s"]})
         if checkpoint_now:
             with tempfile.TemporaryDirectory() as d:
                 save_train_state(d, model, optimizer, rank, {
@@ -343,7 +346,7 @@ def _resolve(run_dir: str, path: str) -> str:
 
     if "://" in path or os.path.isabs(path) or not exists(run_dir, path):
         return os.path.abspath(path) if os.path.isdir(path) else path
-    return run_dir.rstrip("/") + "/" + path if "://" in run_dir else run_path(run_dir, path)
+    return run_path(run_dir, path)
 
 
 def run_sft(cfg, stage: str, data_relative: str, init_checkpoint: str,
