@@ -239,7 +239,8 @@ def stop_job_mid_score(client, job_id: str, run_dir: str, deadline: float) -> No
 
 @pytest.mark.ray
 @pytest.mark.timeout(900)
-def test_cascade_submitted_to_a_multi_node_cluster_on_s3_resumes_a_stopped_stage(s3_server):
+def test_cascade_submitted_to_a_multi_node_cluster_on_s3_resumes_a_stopped_stage(s3_server,
+                                                                               monkeypatch):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     from stagent_ray.pipeline import STAGES
@@ -248,6 +249,9 @@ def test_cascade_submitted_to_a_multi_node_cluster_on_s3_resumes_a_stopped_stage
     run_dir = f"s3://stagent/job?endpoint_override={s3_server}&scheme=http"
     start = time.time()
     with ray_cluster([2, 2], env=S3_KEYS) as (address, temp_dirs):
+        # the job client reads RAY_API_SERVER_ADDRESS before its argument, and the session's
+        # init_ray points it at a dead port (ray_setup.py): point it at this cluster
+        monkeypatch.setenv("RAY_API_SERVER_ADDRESS", address)
         client = JobSubmissionClient(address)
         first = submit(address, "stagent-s3-1", run_dir, "--no-wait", timeout=120)
         assert first.returncode == 0, first.stdout + first.stderr
