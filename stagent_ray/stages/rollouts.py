@@ -177,6 +177,7 @@ class RolloutActor:
             done = self.score_batch(json.loads(str(rows_json)))
             for key in out:
                 out[key] += done[key]
+        out["actor_pid"] = [os.getpid()] * len(out["query_id"])  # how far the pool grew
         return out
 
     def use_checkpoint(self, model: str, parts_dir: str) -> None:
@@ -356,7 +357,7 @@ def rollout_checkpoints(cfg, query_rows: list[dict], engines: dict, n: int, salt
                    "parts_dir": parts_dir} for b in batches if b]
         n_todo[parts_dir] = sum(map(len, batches))
     start = time.perf_counter()
-    n_traj = Counter()
+    n_traj, actors = Counter(), set()
     if items:
         warn_if_unschedulable(r.cpus_per_actor, num_gpus)
         # One item (and block) per batch: Ray Data cannot regroup the queries.
@@ -376,11 +377,13 @@ def rollout_checkpoints(cfg, query_rows: list[dict], engines: dict, n: int, salt
                 bar.update(len(batch["query_id"]))
                 for parts_dir, k in zip(batch["parts_dir"], batch["n_traj"]):
                     n_traj[str(parts_dir)] += int(k)
+                actors.update(int(pid) for pid in batch["actor_pid"])
                 bar.set_postfix(reward=f"{float(np.mean(batch['mean_reward'])):.3f}")
     elapsed = time.perf_counter() - start
     return {parts_dir: {"queries": len(query_rows),
                         "resumed_skipped": len(query_rows) - n_todo[parts_dir],
                         "trajectories": n_traj[parts_dir], "seconds": elapsed,
+                        "actors": len(actors),  # processes that rolled out, all engines
                         "trajectories_per_s": n_traj[parts_dir] / elapsed if elapsed > 0 else 0.0,
                         **fault_totals(run_dir, parts_dir)}
             for parts_dir in engines}
