@@ -64,7 +64,7 @@ def with_project_markers(src: str, out_dir: str) -> bool:
     from stagent_ray.models.formats import single_token
     from stagent_ray.train.common import local_model_dir
 
-    tokenizer = load_tokenizer(local_model_dir(src))
+    tokenizer = load_tokenizer(src)
     if tokenizer.chat_template or single_token(tokenizer, IM_END) is not None:
         return False
     added = tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS})

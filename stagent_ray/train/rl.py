@@ -159,8 +159,7 @@ def rl_loop(config: dict) -> None:
         from stagent_ray.models.build import load_tokenizer
         from stagent_ray.serve.deployments import ServePolicyEngine
         policy_handle = serve.get_deployment_handle("Policy", app_name=config["serve_app"])
-        engine = serve_engine = ServePolicyEngine(policy_handle,
-                                                  load_tokenizer(local_model_dir(init)))
+        engine = serve_engine = ServePolicyEngine(policy_handle, load_tokenizer(init))
     else:
         from stagent_ray.rollout.hf_engine import HFEngine
         engine = HFEngine(local_model_dir(init), device=str(device), dtype=cfg.policy.dtype,

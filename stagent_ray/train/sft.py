@@ -48,7 +48,7 @@ from stagent_ray.train.losses import sft_loss
 from stagent_ray.train.common import (adamw, all_reduce_sum, attention_for, base_model,
                                       compile_layers, export_hf, fit_on_ray_train,
                                       flops_per_token, grad_norm_and_clip, load_for_training,
-                                      load_train_state, local_model_dir, peak_flops, publish_dir,
+                                      load_train_state, peak_flops, publish_dir,
                                       save_train_state, shard_model, storage_path)
 from stagent_ray.train.data import (batch_rows, fingerprint, pack, steps_per_epoch,
                                     tokenize_rows)
@@ -380,7 +380,7 @@ def run_sft(cfg, stage: str, data_relative: str, init_checkpoint: str,
     if not isinstance(sft, SFTConfig):
         raise ValueError(f"stage {stage!r} has no SFT config (cfg.{stage} is {type(sft).__name__})")
     init = _resolve(run_dir, init_checkpoint)
-    tokenizer = load_tokenizer(local_model_dir(init))
+    tokenizer = load_tokenizer(init)
     if tool_schemas is None:  # the tools as the rollouts show them (agent.tool_prompt)
         from stagent_ray.rollout.agent_loop import shown_tool_schemas
 
